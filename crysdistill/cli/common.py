@@ -1,0 +1,73 @@
+"""Arguments and helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+SAMPLE_NAME = "sample"
+
+
+def sample_path() -> Path:
+    """The bundled sample dataset (400 Materials Project structures with formation energies)."""
+    return Path(__file__).resolve().parent.parent / "data" / "sample" / "mp_eform_flla2015_sample.jsonl.gz"
+
+
+def resolve_data(path: str) -> str:
+    """``sample`` → the bundled sample; anything else unchanged."""
+    return str(sample_path()) if path == SAMPLE_NAME else path
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--data``, ``--on-error``, ``--cache-dir``, ``--workers``, ``--limit``."""
+    p.add_argument("--data", required=required, metavar="PATH",
+                   help="JSONL(.gz), JSON, CIF/POSCAR file, folder with id_prop.csv, jarvis:<name>, or 'sample'")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="bad records: stop at the first (raise, default) or skip them with a summary")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="graph cache folder (default $CRYSDISTILL_CACHE or ~/.cache/crysdistill)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes for graph building (default: min(2, cores))")
+    p.add_argument("--limit", type=int, default=None, help="read only the first N records")
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on a terminal, otherwise ``None``."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="struct", leave=False)
+
+
+def build_progress(desc: str):
+    """A ``progress(done, total)`` callback drawing a bar on a terminal (no-op otherwise)."""
+    state = {"bar": None}
+
+    def cb(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = progress_bar(total, desc) or False
+        if state["bar"]:
+            state["bar"].n = done
+            state["bar"].refresh()
+            if done >= total:
+                state["bar"].close()
+
+    return cb
+
+
+def report_problems(problems, what: str = "skipped", limit: int = 10) -> None:
+    """Print a short summary of skipped records to stderr."""
+    if not problems:
+        return
+    from collections import Counter
+
+    print(f"{len(problems)} record(s) {what}:", file=sys.stderr)
+    for p in problems[:limit]:
+        print(f"  {p.record}: {p.reason}", file=sys.stderr)
+    if len(problems) > limit:
+        reasons = Counter(p.reason.split(" (")[0].split(";")[0] for p in problems)
+        print(f"  … and {len(problems) - limit} more; by reason: "
+              + "; ".join(f"{n}× {r}" for r, n in reasons.most_common(5)), file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Pretext tasks of the teacher; each module holds one task, registered under ``crysdistill.pretext``."""
