@@ -1,0 +1,138 @@
+"""The teacher checkpoint: a frozen encoder that describes itself.
+
+It holds the encoder only (no pretext heads), its constructor config, the featuriser settings
+(with the atom-feature table's fingerprint), the pretext tasks and their final validation
+metrics, a fingerprint of the training data, and versions. It loads with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
+from crysdistill.errors import CheckpointError
+from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
+from crysdistill.utils import atomic_save, load_checkpoint, state_fingerprint, versions
+
+KIND = "crysdistill-teacher"
+FORMAT = 1
+
+#: The teacher shipped inside the package (``--teacher default``).
+DEFAULT_TEACHER_PATH = Path(__file__).resolve().parent.parent / "weights" / "teacher-default.pt"
+
+
+@dataclass
+class Teacher:
+    """A loaded, frozen teacher.
+
+    Attributes:
+        encoder: the encoder, in evaluation mode, with ``requires_grad`` off everywhere.
+        graph_settings: settings of the crystal graph it was trained on (students' teachers
+            embeddings are computed on exactly this graph).
+        fingerprint: hash of the encoder's weights and buffers.
+        meta: everything else in the checkpoint (tasks, metrics, data fingerprint, versions).
+        path: where it was loaded from.
+    """
+
+    encoder: CrysGNNEncoder
+    graph_settings: GraphSettings
+    fingerprint: str
+    meta: dict = field(default_factory=dict)
+    path: str = ""
+
+    def featurizer(self) -> CrystalGraphFeaturizer:
+        """The featuriser of the teacher's graph."""
+        return CrystalGraphFeaturizer(self.graph_settings)
+
+
+def save_teacher(path: str | os.PathLike, encoder: CrysGNNEncoder, graph_settings: GraphSettings,
+                 tasks: dict | None = None, metrics: dict | None = None, data_fingerprint: str = "",
+                 extra: dict | None = None) -> str:
+    """Write a teacher checkpoint atomically; returns the teacher fingerprint.
+
+    Args:
+        path: output file.
+        encoder: trained encoder (its state dict is stored, no pretext heads).
+        graph_settings: the featuriser settings the encoder was trained with.
+        tasks: pretext tasks and their settings (``{name: {"weight": …, …}}``).
+        metrics: final validation metrics (``{name: float}``).
+        data_fingerprint: hash of the training data.
+        extra: more JSON-like entries (e.g. training config, epochs, seconds).
+    """
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    fp = state_fingerprint(state)
+    payload = {
+        "kind": KIND,
+        "format": FORMAT,
+        "encoder_config": encoder.config.to_dict(),
+        "state_dict": state,
+        "graph_settings": graph_settings.to_dict(),
+        "featurizer_fingerprint": CrystalGraphFeaturizer(graph_settings).fingerprint(),
+        "tasks": tasks or {},
+        "metrics": metrics or {},
+        "data_fingerprint": data_fingerprint,
+        "fingerprint": fp,
+        "versions": versions(),
+        **(extra or {}),
+    }
+    atomic_save(payload, path)
+    return fp
+
+
+def resolve_teacher_path(path: str | os.PathLike) -> Path:
+    """``default`` → the shipped teacher; anything else unchanged."""
+    if str(path) == "default":
+        if not DEFAULT_TEACHER_PATH.is_file():
+            raise CheckpointError(
+                f"the default teacher is not installed ({DEFAULT_TEACHER_PATH}); pretrain one with "
+                "'crysdistill pretrain' and pass its teacher.pt"
+            )
+        return DEFAULT_TEACHER_PATH
+    return Path(path)
+
+
+def load_teacher(path: str | os.PathLike = "default") -> Teacher:
+    """Load a teacher checkpoint (``"default"`` = the shipped one), frozen and in evaluation mode.
+
+    Raises:
+        CheckpointError: missing file, not a teacher checkpoint, or an incompatible format.
+    """
+    p = resolve_teacher_path(path)
+    ckpt = load_checkpoint(p)
+    if ckpt.get("kind") != KIND:
+        raise CheckpointError(f"{p}: is a {ckpt.get('kind')!r} checkpoint, not a teacher; pass a teacher.pt "
+                              "written by 'crysdistill pretrain'")
+    if int(ckpt.get("format", -1)) != FORMAT:
+        raise CheckpointError(f"{p}: teacher format {ckpt.get('format')} is not supported (expected {FORMAT})")
+    encoder = CrysGNNEncoder(EncoderConfig(**ckpt["encoder_config"]))
+    encoder.load_state_dict(ckpt["state_dict"])
+    encoder.eval()
+    encoder.requires_grad_(False)
+    settings = GraphSettings.from_dict(ckpt["graph_settings"])
+    fp_now = CrystalGraphFeaturizer(settings).fingerprint()
+    if fp_now != ckpt.get("featurizer_fingerprint"):
+        raise CheckpointError(
+            f"{p}: the teacher was trained with another atom-feature table or graph format than this "
+            "installation builds (featuriser fingerprint differs); retrain it with this version"
+        )
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict",)}
+    return Teacher(encoder, settings, ckpt["fingerprint"], meta, str(p))
+
+
+def check_compatible(teacher: Teacher, settings: GraphSettings, source: str = "data") -> None:
+    """Refuse to embed data built with a different featuriser than the teacher's.
+
+    Raises:
+        CheckpointError: naming the differing settings.
+    """
+    a, b = teacher.graph_settings.to_dict(), settings.to_dict()
+    diff = {k for k in a if k != "symmetry" and a[k] != b.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: teacher {a[k]!r} vs {source} {b.get(k)!r}" for k in sorted(diff))
+        raise CheckpointError(
+            f"{teacher.path}: teacher was made with another featuriser ({detail}); build the data with the "
+            "teacher's graph settings or use a matching teacher"
+        )
