@@ -74,13 +74,21 @@ class GraphStore:
     """An LMDB file of packed graphs for one featuriser fingerprint.
 
     Args:
-        root: cache folder; the store lives in ``root/<featuriser name>-<fingerprint>/``.
-        featurizer: the featuriser whose graphs are stored.
+        root: cache folder; the store lives in ``root/<name>-<fingerprint>/``.
+        featurizer: the featuriser whose graphs are stored (gives name, fingerprint, settings).
+        name: store name when there is no featuriser (e.g. cached teacher embeddings).
+        fingerprint: what the stored values depend on, when there is no featuriser.
+        settings: JSON-able description written next to the store.
     """
 
-    def __init__(self, root: str | os.PathLike, featurizer: Featurizer) -> None:
-        self.path = Path(root) / f"{featurizer.name}-{featurizer.fingerprint()}"
-        self._settings = featurizer.settings()
+    def __init__(self, root: str | os.PathLike, featurizer: Featurizer | None = None, *, name: str = "",
+                 fingerprint: str = "", settings: dict | None = None) -> None:
+        if featurizer is not None:
+            name, fingerprint, settings = featurizer.name, featurizer.fingerprint(), featurizer.settings()
+        if not name or not fingerprint:
+            raise ValueError("GraphStore needs a featurizer or a name and a fingerprint")
+        self.path = Path(root) / f"{name}-{fingerprint}"
+        self._settings = settings or {}
         self._env = None
         self._pid = None
 
