@@ -104,7 +104,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in flds:
-            raise ConfigError(f"unknown config key {prefix}{key!r}{_suggest(key, list(flds))}")
+            raise ConfigError(f"unknown config key {prefix + str(key)!r}{_suggest(key, list(flds))}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     try:
         return cls(**kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict) or "kind" not in obj:
         raise CheckpointError(f"{p}: not a crysdistill checkpoint (no 'kind' entry)")
     return obj
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on a terminal, otherwise ``None``."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="struct", leave=False)
+
+
+def build_progress(desc: str):
+    """A ``progress(done, total)`` callback drawing a bar on a terminal (no-op otherwise)."""
+    state = {"bar": None}
+
+    def cb(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = progress_bar(total, desc) or False
+        if state["bar"]:
+            state["bar"].n = done
+            state["bar"].refresh()
+            if done >= total:
+                state["bar"].close()
+
+    return cb

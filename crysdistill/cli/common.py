@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from crysdistill.utils import build_progress, progress_bar  # noqa: F401  (re-exported for subcommands)
+
 SAMPLE_NAME = "sample"
 
 
@@ -31,31 +33,6 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="processes for graph building (default: min(2, cores))")
     p.add_argument("--limit", type=int, default=None, help="read only the first N records")
-
-
-def progress_bar(total: int, desc: str):
-    """A tqdm bar on a terminal, otherwise ``None``."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="struct", leave=False)
-
-
-def build_progress(desc: str):
-    """A ``progress(done, total)`` callback drawing a bar on a terminal (no-op otherwise)."""
-    state = {"bar": None}
-
-    def cb(done: int, total: int) -> None:
-        if state["bar"] is None:
-            state["bar"] = progress_bar(total, desc) or False
-        if state["bar"]:
-            state["bar"].n = done
-            state["bar"].refresh()
-            if done >= total:
-                state["bar"].close()
-
-    return cb
 
 
 def report_problems(problems, what: str = "skipped", limit: int = 10) -> None:

@@ -1,0 +1,102 @@
+"""``crysdistill students list``, ``crysdistill train``, ``crysdistill predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from crysdistill.cli.common import add_data_args, report_problems, resolve_data
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    st = sub.add_parser("students", help="installed student models")
+    ssub = st.add_subparsers(dest="students_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("list", help="registered students, their distributions and whether they load")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train a student, vanilla or distilled from a teacher",
+                       description="Train a student on labelled structures. Without --teacher: vanilla; "
+                       "with --teacher: property loss plus distillation of the teacher's atom embeddings.")
+    p.add_argument("--student", help="student name (see 'crysdistill students list'); default cgcnn")
+    add_data_args(p)
+    p.add_argument("--target", action="append", dest="targets", metavar="KEY",
+                   help="label to predict (repeat for several)")
+    p.add_argument("--teacher", help="teacher checkpoint (teacher.pt) or 'default' (shipped); omit for vanilla")
+    p.add_argument("--train-size", type=float, help="training structures (count or fraction; default: the rest)")
+    p.add_argument("--val-size", type=float, help="validation structures (count or fraction; default 10%%)")
+    p.add_argument("--test-size", type=float, help="test structures (count or fraction; default 10%%)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("-c", "--config", metavar="YAML", help="config file (e.g. configs/cgcnn.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.001")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict with a trained student")
+    p.add_argument("--checkpoint", required=True, help="best.pt of a training run")
+    add_data_args(p)
+    p.add_argument("-o", "--output", required=True, help="CSV to write")
+    p.add_argument("--student", help="refuse a checkpoint of another student")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from crysdistill.students.registry import list_students
+
+    infos = list_students(try_load=True)
+    if args.json:
+        print(json.dumps([vars(i) for i in infos], indent=1))
+        return 0
+    print(f"{'name':16s} {'distribution':28s} {'version':10s} status")
+    for i in infos:
+        status = "ok" if i.error is None else "BROKEN"
+        print(f"{i.name:16s} {i.distribution:28s} {i.version:10s} {status}")
+    for i in infos:
+        if i.error is not None:
+            print(f"warning: student {i.name!r} ({i.value}) does not load: {i.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from crysdistill.config import load_config
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.trainer import train_student
+
+    flags = {
+        "student": args.student, "targets": args.targets, "teacher": args.teacher,
+        "train_size": args.train_size, "val_size": args.val_size, "test_size": args.test_size,
+        "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+        "on_error": args.on_error if args.on_error != "raise" else None, "cache_dir": args.cache_dir,
+        "workers": args.workers,
+    }
+    extra = {k: v for k, v in flags.items() if v is not None}
+    if args.lr is not None:
+        extra["optim"] = {"lr": args.lr}
+    cfg = load_config(TrainConfig, args.config, args.overrides, extra=extra)
+    summary = train_student(cfg, resolve_data(args.data), args.out, resume=args.resume)
+    if summary["n_skipped"]:
+        print(f"{summary['n_skipped']} structure(s) skipped (see --on-error)", file=sys.stderr)
+    mode = f"distilled from {summary['teacher']} (weight {summary['distill_weight']:g})" if summary["teacher"] \
+        else "vanilla"
+    test = "n/a" if summary["test_mae"] is None else f"{summary['test_mae']:.4g}"
+    print(f"{summary['student']} {mode}: val MAE {summary['val_mae']:.4g} (epoch {summary['best_epoch']}), "
+          f"test MAE {test}  [n_train {summary['n_train']}, n_val {summary['n_val']}, n_test {summary['n_test']}; "
+          f"{summary['seconds']:.0f} s] -> {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from crysdistill.train.predict import predict
+
+    res = predict(args.checkpoint, resolve_data(args.data), args.output, student=args.student,
+                  on_error=args.on_error, cache_dir=args.cache_dir, workers=args.workers)
+    report_problems(res["problems"])
+    mae = "".join(f", MAE {t} {v:.4g}" for t, v in res["mae"].items())
+    print(f"predicted {res['n_predicted']} structure(s){mae} -> {args.output}")
+    return 0

@@ -1,0 +1,99 @@
+"""The training config: one typed dataclass, filled from YAML, CLI flags and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule.
+
+    Attributes:
+        optimizer: ``adam`` or ``adamw``.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (Adam).
+        scheduler: ``none``, ``cosine`` (to 1 % of ``lr``), ``onecycle`` (ALIGNN) or ``step``
+            (×``step_gamma`` at ``step_epoch``, as CGCNN/CrysGNN).
+        step_epoch: epoch of the step decay.
+        step_gamma: factor of the step decay.
+        grad_clip: clip the gradient norm to this (0 = off).
+    """
+
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: Literal["none", "cosine", "onecycle", "step"] = "cosine"
+    step_epoch: int = 100
+    step_gamma: float = 0.1
+    grad_clip: float = 5.0
+
+
+@dataclass
+class DistillConfig:
+    """How the teacher's knowledge is passed on (used when a teacher is given).
+
+    Attributes:
+        node_weight: weight of the atom-embedding term (MSE of L2-normalised embeddings).
+        graph_weight: weight of the structure-embedding term (0 = off).
+        projection: learn a linear map from the student's width to the teacher's (needed when
+            they differ; CrysGNN had none and required a 64-wide student).
+        teacher_layers: teacher layers matched, concatenated (0 = input embedding, -1 = last;
+            ``[0, 1, 2]`` = NEGNN's multi-scale embeddings).
+        weight_grid: the safeguard: if not empty, train once per ``node_weight`` in this grid
+            (include 0 = vanilla), keep the one with the best validation MAE, test only that one.
+    """
+
+    node_weight: float = 0.1
+    graph_weight: float = 0.0
+    projection: bool = True
+    teacher_layers: list[int] = field(default_factory=lambda: [-1])
+    weight_grid: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved as ``config.yaml`` in the run folder).
+
+    Attributes:
+        student: registered student name (``crysdistill students list``).
+        model: the student's model config (keys of its ``default_config``).
+        targets: label keys to predict.
+        teacher: teacher checkpoint path, ``default`` for the shipped one, or ``None`` (vanilla).
+        train_size: training structures (count, fraction < 1, or ``None`` = the rest).
+        val_size: validation structures (count or fraction; default 10 %).
+        test_size: test structures (count or fraction; default 10 %).
+        seed: seed of the split, the initialisation and the batch order.
+        epochs: training epochs.
+        batch_size: structures per step.
+        eval_batch_size: structures per step when predicting.
+        optim: optimiser settings.
+        distill: distillation settings.
+        on_error: bad structures: ``raise`` at the first, or ``skip`` with a summary.
+        missing_labels: rows whose targets are all missing or not numbers: ``skip`` (counted) or ``raise``.
+        workers: processes for graph building.
+        cache_dir: graph/embedding cache (default ``$CRYSDISTILL_CACHE`` or ``~/.cache/crysdistill``).
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        threads: torch CPU threads (0 = torch's default).
+    """
+
+    student: str = "cgcnn"
+    model: dict = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    teacher: str | None = None
+    train_size: float | None = None
+    val_size: float | None = None
+    test_size: float | None = None
+    seed: int = 0
+    epochs: int = 100
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    on_error: Literal["raise", "skip"] = "raise"
+    missing_labels: Literal["skip", "raise"] = "skip"
+    workers: int = 2
+    cache_dir: str | None = None
+    device: str = "auto"
+    threads: int = 0

@@ -1,0 +1,71 @@
+"""Predict with a trained student checkpoint on new structures."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from crysdistill.data.cache import build_graphs
+from crysdistill.data.readers import read_dataset
+from crysdistill.errors import CheckpointError
+from crysdistill.students.checkpoint import load_student
+from crysdistill.train.splits import Normalizer
+from crysdistill.train.trainer import predict_indices, resolve_device
+
+
+def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike, student: str | None = None,
+            on_error: str = "raise", cache_dir=None, workers: int = 1, batch_size: int = 256,
+            device: str = "auto") -> dict:
+    """Write ``id, <target>_prediction…`` (and ``<target>_target`` where labels exist) to ``output``.
+
+    Args:
+        checkpoint: ``best.pt`` (or ``last.pt``) of a training run.
+        data: structures to predict (any format :func:`read_dataset` reads).
+        output: CSV path.
+        student: if given, the checkpoint must belong to this student.
+
+    Returns:
+        ``{"n_predicted", "n_skipped", "mae"}`` (MAE only where labels are present).
+    """
+    adapter, ckpt = load_student(checkpoint)
+    if student is not None and adapter.name != student:
+        raise CheckpointError(f"{checkpoint}: is a {adapter.name!r} checkpoint, not {student!r}; "
+                              f"pass --student {adapter.name} or another checkpoint")
+    if "normalizer" not in ckpt or "targets" not in ckpt:
+        raise CheckpointError(f"{checkpoint}: student checkpoint without targets/normaliser; use best.pt of a "
+                              "'crysdistill train' run")
+    featurizer = adapter.featurizer()
+    if ckpt.get("featurizer_fingerprint") and ckpt["featurizer_fingerprint"] != featurizer.fingerprint():
+        raise CheckpointError(f"{checkpoint}: made with another featuriser than this installation builds for "
+                              f"{adapter.name!r}; retrain with this version")
+    targets = list(ckpt["targets"])
+    norm = Normalizer.from_dict(ckpt["normalizer"])
+    ds = read_dataset(data, on_error=on_error)
+    graphs = build_graphs(ds.records, featurizer, cache_dir=cache_dir, workers=workers, on_error=on_error)
+    dev = resolve_device(device)
+    adapter.to(dev)
+    pred = predict_indices(adapter, graphs, list(range(len(graphs))), batch_size, dev)
+    pred = pred * norm.std + norm.mean
+    labels = {r.id: r.labels for r in ds.records}
+    has = {t: any(labels[i].get(t) is not None for i in graphs.ids) for t in targets}
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    errs = {t: [] for t in targets}
+    with open(output, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id"] + [c for t in targets for c in ((f"{t}_target",) if has[t] else ()) + (f"{t}_prediction",)])
+        for k, rid in enumerate(graphs.ids):
+            row = [rid]
+            for j, t in enumerate(targets):
+                if has[t]:
+                    v = labels[rid].get(t)
+                    row.append("" if v is None else v)
+                    if v is not None:
+                        errs[t].append(abs(pred[k, j] - v))
+                row.append(float(pred[k, j]))
+            w.writerow(row)
+    return {"n_predicted": len(graphs), "n_skipped": len(ds.problems) + len(graphs.problems),
+            "problems": ds.problems + graphs.problems,
+            "mae": {t: float(np.mean(e)) for t, e in errs.items() if e}}

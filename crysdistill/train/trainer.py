@@ -1,0 +1,387 @@
+"""The training loop shared by every student, vanilla and distilled alike.
+
+One code path: without a teacher the distillation term is simply absent. The best epoch is
+chosen on the validation MAE only; the test split is evaluated once, at the end, with the best
+checkpoint. Checkpoints are written atomically every epoch and a run resumes from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from crysdistill.config import to_dict
+from crysdistill.data.cache import GraphSet, build_graphs
+from crysdistill.data.readers import read_dataset
+from crysdistill.data.records import Problem
+from crysdistill.distill.cache import TeacherEmbeddings, teacher_embeddings
+from crysdistill.distill.losses import DistillationLoss
+from crysdistill.errors import ConfigError, UserError
+from crysdistill.students.base import StudentAdapter
+from crysdistill.students.checkpoint import save_student
+from crysdistill.students.registry import build_student, get_student
+from crysdistill.train.config import TrainConfig
+from crysdistill.train.splits import Normalizer, make_splits
+from crysdistill.utils import (
+    atomic_save,
+    atomic_write_text,
+    build_progress,
+    load_checkpoint,
+    seed_everything,
+    state_fingerprint,
+)
+
+log = logging.getLogger("crysdistill.train")
+
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_property_loss", "train_distill_node", "train_distill_graph",
+                 "train_mae", "val_mae", "seconds"]
+
+
+@dataclass
+class Prepared:
+    """Data a run needs, built once (and shared by the runs of a weight grid)."""
+
+    graphs: GraphSet
+    y: np.ndarray  # (n, T), NaN = missing
+    splits: dict[str, np.ndarray]
+    normalizer: Normalizer
+    teacher: object | None
+    embeddings: TeacherEmbeddings | None
+    problems: list[Problem]
+    n_missing_labels: int
+    featurizer_fingerprint: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def _progress(desc: str):
+    return build_progress(desc)
+
+
+def prepare(cfg: TrainConfig, data: str) -> Prepared:
+    """Read the data, check the targets, build (cached) graphs, split, and embed with the teacher."""
+    if not cfg.targets:
+        raise ConfigError("no target given; pass --target KEY (see 'crysdistill data inspect' for the labels)")
+    ds = read_dataset(data, on_error=cfg.on_error)
+    present = ds.label_keys()
+    missing_keys = [t for t in cfg.targets if t not in present]
+    if missing_keys:
+        raise UserError(f"{data}: target {', '.join(map(repr, missing_keys))} not found; labels present: "
+                        f"{', '.join(present) if present else 'none'}")
+    problems = list(ds.problems)
+    records, y_rows, n_missing = [], [], 0
+    for r in ds.records:
+        row = [r.labels.get(t) for t in cfg.targets]
+        if all(v is None for v in row):
+            if cfg.missing_labels == "raise":
+                raise UserError(f"{r.name}: label {', '.join(cfg.targets)} missing or not a number; fix the record "
+                                "or set missing_labels=skip")
+            n_missing += 1
+            continue
+        records.append(r)
+        y_rows.append([np.nan if v is None else v for v in row])
+    if n_missing:
+        log.info("skipped %d record(s) without a numeric %s", n_missing, "/".join(cfg.targets))
+    student = build_student(cfg.student, cfg.model, n_targets=len(cfg.targets))
+    graphs = build_graphs(records, student.featurizer(), cache_dir=cfg.cache_dir, workers=cfg.workers,
+                          on_error=cfg.on_error, progress=_progress(f"{cfg.student} graphs"))
+    problems += graphs.problems
+    id_to_row = {r.id: i for i, r in enumerate(records)}
+    y = np.asarray([y_rows[id_to_row[i]] for i in graphs.ids], dtype=np.float64).reshape(len(graphs), len(cfg.targets))
+
+    teacher = embeddings = None
+    if cfg.teacher:
+        from crysdistill.teacher.checkpoint import load_teacher
+
+        teacher = load_teacher(cfg.teacher)
+        by_id = {r.id: r for r in records}
+        tgraphs = build_graphs([by_id[i] for i in graphs.ids], teacher.featurizer(), cache_dir=cfg.cache_dir,
+                               workers=cfg.workers, on_error=cfg.on_error, progress=_progress("teacher graphs"))
+        if tgraphs.problems:  # structures the student can represent but the teacher cannot
+            problems += tgraphs.problems
+            ok = set(tgraphs.ids)
+            keep = [k for k, rid in enumerate(graphs.ids) if rid in ok]
+            graphs, y = graphs.subset(keep), y[keep]
+    splits = make_splits(len(graphs), cfg.train_size, cfg.val_size, cfg.test_size, cfg.seed)
+    normalizer = Normalizer.fit(y[splits["train"]])
+    if teacher is not None:
+        # only the training structures are distilled; tgraphs is aligned with graphs
+        emb = teacher_embeddings(teacher, tgraphs.subset(splits["train"].tolist()), cfg.distill.teacher_layers,
+                                 cache_dir=cfg.cache_dir, progress=_progress("teacher embeddings"))
+        # embeddings are looked up by structure key: align them with the whole graph list
+        embeddings = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
+    return Prepared(graphs, y, splits, normalizer, teacher, embeddings, problems, n_missing,
+                    student.featurizer().fingerprint())
+
+
+def _masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    mask = ~torch.isnan(target)
+    if not mask.any():
+        return pred.sum() * 0.0
+    return ((pred - torch.nan_to_num(target)) ** 2)[mask].mean()
+
+
+def predict_indices(adapter: StudentAdapter, graphs: GraphSet, indices, batch_size: int,
+                    device: torch.device) -> np.ndarray:
+    """Predictions (normalised units) for ``graphs[indices]``: ``(len(indices), T)``."""
+    adapter.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(indices), batch_size):
+            idx = indices[s:s + batch_size]
+            batch = adapter.to_device(adapter.collate([graphs[i] for i in idx]), device)
+            out.append(adapter(batch).prediction.reshape(len(idx), -1).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, adapter.n_targets))
+
+
+def _mae(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean over targets of the MAE (NaN targets ignored)."""
+    per = [np.nanmean(np.abs(pred[:, t] - y[:, t])) for t in range(y.shape[1]) if np.isfinite(y[:, t]).any()]
+    return float(np.mean(per)) if per else float("nan")
+
+
+def _make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
+    o = cfg.optim
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if o.scheduler == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if o.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total)
+    if o.scheduler == "step":
+        step = o.step_epoch * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: o.step_gamma if s >= step else 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> dict:
+    """Train one student on prepared data; writes ``best.pt``, ``last.pt``, ``metrics.csv``.
+
+    Returns:
+        ``{"val_mae", "best_epoch", "seconds"}``.
+    """
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    adapter = build_student(cfg.student, cfg.model, n_targets=len(cfg.targets)).to(device)
+    distill = None
+    if prep.embeddings is not None:
+        distill = DistillationLoss(adapter.embedding_dim, prep.embeddings.dim, adapter.graph_embedding_dim,
+                                   node_weight=cfg.distill.node_weight, graph_weight=cfg.distill.graph_weight,
+                                   projection=cfg.distill.projection).to(device)
+        if not cfg.distill.node_weight and not cfg.distill.graph_weight:
+            distill = None  # weight 0: the vanilla run (the safeguard's first grid point)
+    params = list(adapter.parameters()) + (list(distill.parameters()) if distill is not None else [])
+    opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    train_idx = prep.splits["train"]
+    steps = max(1, math.ceil(len(train_idx) / cfg.batch_size))
+    sched = _make_scheduler(opt, cfg, steps)
+    mean = torch.tensor(prep.normalizer.mean, dtype=torch.float32)
+    std = torch.tensor(prep.normalizer.std, dtype=torch.float32)
+    y_norm = torch.tensor((prep.y - prep.normalizer.mean) / prep.normalizer.std, dtype=torch.float32)
+    teacher_fp_before = state_fingerprint(prep.teacher.encoder.state_dict()) if prep.teacher is not None else None
+
+    start_epoch, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
+    last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path)
+        if state.get("config") != to_dict(cfg):
+            raise UserError(f"{last_path}: the run was started with another config; resume with the same "
+                            "arguments or start a new --out folder")
+        adapter.load_state_dict(state["state_dict"])
+        if distill is not None:
+            distill.load_state_dict(state["distill_state"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best_val, best_epoch, elapsed = (state["epoch"] + 1, state["best_val"], state["best_epoch"],
+                                                      state["seconds"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming %s at epoch %d (best val MAE %.4g at epoch %d)", out, start_epoch + 1, best_val, best_epoch)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    if not metrics_path.exists():
+        with open(metrics_path, "w", newline="") as fh:
+            csv.writer(fh).writerow(METRIC_FIELDS)
+
+    use_bar = sys.stderr.isatty()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        adapter.train()
+        if distill is not None:
+            distill.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        sums = {"loss": 0.0, "prop": 0.0, "node": 0.0, "graph": 0.0}
+        train_pred, train_true = [], []
+        bar = None
+        if use_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step")
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size].tolist()
+            batch = adapter.to_device(adapter.collate([prep.graphs[i] for i in idx]), device)
+            target = y_norm[idx].to(device)
+            o = adapter(batch)
+            pred = o.prediction.reshape(len(idx), -1)
+            prop = _masked_mse(pred, target)
+            loss = prop
+            if distill is not None:
+                dl, parts = distill(o, prep.embeddings.targets(idx).to(device))
+                loss = loss + dl
+                sums["node"] += parts.get("node", 0.0) * len(idx)
+                sums["graph"] += parts.get("graph", 0.0) * len(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            if not torch.isfinite(loss):
+                raise UserError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower optim.lr")
+            sums["loss"] += loss.item() * len(idx)
+            sums["prop"] += prop.item() * len(idx)
+            train_pred.append((pred.detach().cpu() * std + mean).double().numpy())
+            train_true.append(prep.y[idx])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+        if bar is not None:
+            bar.close()
+        n = len(order)
+        val_pred = predict_indices(adapter, prep.graphs, prep.splits["val"].tolist(), cfg.eval_batch_size, device)
+        val_mae = _mae(val_pred * prep.normalizer.std + prep.normalizer.mean, prep.y[prep.splits["val"]])
+        train_mae = _mae(np.concatenate(train_pred), np.concatenate(train_true))
+        elapsed += time.perf_counter() - t0
+        improved = val_mae < best_val
+        if improved:
+            best_val, best_epoch = val_mae, epoch + 1
+            save_student(adapter, best_path, **_run_extras(cfg, prep, epoch + 1, val_mae))
+        row = [epoch + 1, opt.param_groups[0]["lr"], sums["loss"] / n, sums["prop"] / n, sums["node"] / n,
+               sums["graph"] / n, train_mae, val_mae, round(time.perf_counter() - t0, 3)]
+        with open(metrics_path, "a", newline="") as fh:
+            csv.writer(fh).writerow(row)
+        atomic_save({
+            "kind": "crysdistill-train-state", "config": to_dict(cfg), "epoch": epoch,
+            "state_dict": adapter.state_dict(),
+            "distill_state": distill.state_dict() if distill is not None else {},
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best_val": best_val,
+            "best_epoch": best_epoch, "seconds": elapsed, "torch_rng": torch.get_rng_state(),
+        }, last_path)
+        log.info("epoch %d/%d  loss %.4f  train MAE %.4g  val MAE %.4g%s  %.1f s", epoch + 1, cfg.epochs,
+                 sums["loss"] / n, train_mae, val_mae, "  *" if improved else "", row[-1])
+    if prep.teacher is not None:
+        after = state_fingerprint(prep.teacher.encoder.state_dict())
+        if after != teacher_fp_before:  # the teacher is frozen; this would be a bug
+            raise RuntimeError("the teacher's weights or buffers changed during training")
+    return {"val_mae": best_val, "best_epoch": best_epoch, "seconds": elapsed}
+
+
+def _run_extras(cfg: TrainConfig, prep: Prepared, epoch: int, val_mae: float) -> dict:
+    return {
+        "targets": list(cfg.targets),
+        "normalizer": prep.normalizer.to_dict(),
+        "epoch": epoch,
+        "val_mae": val_mae,
+        "teacher_fingerprint": prep.teacher.fingerprint if prep.teacher is not None else None,
+        "featurizer_fingerprint": prep.featurizer_fingerprint,
+        "train_config": to_dict(cfg),
+    }
+
+
+def train_student(cfg: TrainConfig, data: str, out: str | Path, resume: bool = False) -> dict:
+    """Train, select on validation, test once; write the run folder and return ``summary.json``'s content.
+
+    The run folder holds ``config.yaml``, ``splits.json``, ``metrics.csv``, ``best.pt``, ``last.pt``,
+    ``predictions_test.csv`` and ``summary.json``. With ``distill.weight_grid`` set and a teacher
+    given, one sub-run per weight goes to ``grid/w=<weight>/`` and the best on validation is kept.
+    """
+    out = Path(out)
+    if resume and not (out / "last.pt").exists() and not (out / "grid").exists():
+        raise UserError(f"{out}: nothing to resume (no last.pt); start without --resume")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    get_student(cfg.student)  # an unknown name fails before any data is read
+    t_start = time.perf_counter()
+    prep = prepare(cfg, data)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), out / "config.yaml")
+    atomic_write_text(json.dumps({
+        "seed": cfg.seed, "data": str(data),
+        **{k: [prep.graphs.ids[i] for i in v] for k, v in prep.splits.items()},
+    }), out / "splits.json")
+
+    grid = list(cfg.distill.weight_grid) if prep.embeddings is not None else []
+    chosen_weight = None
+    if grid:
+        results = {}
+        for w in grid:
+            sub_cfg = replace(cfg, distill=replace(cfg.distill, node_weight=float(w), weight_grid=[]))
+            sub = out / "grid" / f"w={w:g}"
+            sub.mkdir(parents=True, exist_ok=True)
+            log.info("safeguard: distillation weight %g", w)
+            results[w] = fit(sub_cfg, prep, sub, resume=resume and (sub / "last.pt").exists())
+        chosen_weight = min(grid, key=lambda w: (results[w]["val_mae"], w))
+        src = out / "grid" / f"w={chosen_weight:g}"
+        for name in ("best.pt", "last.pt", "metrics.csv"):
+            shutil.copyfile(src / name, out / name)
+        fitres = results[chosen_weight]
+        fitres["seconds"] = sum(r["seconds"] for r in results.values())
+        grid_summary = {f"{w:g}": results[w]["val_mae"] for w in grid}
+    else:
+        fitres = fit(cfg, prep, out, resume=resume)
+        grid_summary = None
+
+    # the test split, once, with the model selected on validation
+    from crysdistill.students.checkpoint import load_student
+
+    device = resolve_device(cfg.device)
+    best, ckpt = load_student(out / "best.pt")
+    best.to(device)
+    test_idx = prep.splits["test"].tolist()
+    summary = {
+        "student": cfg.student, "targets": list(cfg.targets), "data": str(data),
+        "teacher": cfg.teacher, "teacher_fingerprint": prep.teacher.fingerprint if prep.teacher is not None else None,
+        "distill_weight": (chosen_weight if chosen_weight is not None else
+                           (cfg.distill.node_weight if prep.teacher is not None else 0.0)),
+        "weight_grid_val_mae": grid_summary,
+        "seed": cfg.seed, "n_train": len(prep.splits["train"]), "n_val": len(prep.splits["val"]),
+        "n_test": len(test_idx), "n_skipped": len(prep.problems), "n_missing_labels": prep.n_missing_labels,
+        "val_mae": fitres["val_mae"], "best_epoch": fitres["best_epoch"], "epochs": cfg.epochs,
+        "test_mae": None, "test_mae_per_target": None,
+    }
+    if test_idx:
+        pred = predict_indices(best, prep.graphs, test_idx, cfg.eval_batch_size, device)
+        pred = pred * prep.normalizer.std + prep.normalizer.mean
+        true = prep.y[test_idx]
+        summary["test_mae"] = _mae(pred, true)
+        summary["test_mae_per_target"] = {t: float(np.nanmean(np.abs(pred[:, k] - true[:, k])))
+                                          for k, t in enumerate(cfg.targets)}
+        with open(out / "predictions_test.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id"] + [f"{t}_{s}" for t in cfg.targets for s in ("target", "prediction")])
+            for k, i in enumerate(test_idx):
+                w.writerow([prep.graphs.ids[i]] + [v for t in range(len(cfg.targets))
+                                                   for v in (true[k, t], pred[k, t])])
+    summary["train_seconds"] = fitres["seconds"]
+    summary["seconds"] = time.perf_counter() - t_start
+    atomic_write_text(json.dumps(summary, indent=1), out / "summary.json")
+    del ckpt
+    return summary
