@@ -202,7 +202,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
     if resume and last_path.exists():
         state = load_checkpoint(last_path)
-        if state.get("config") != to_dict(cfg):
+        if {**state.get("config", {}), "epochs": cfg.epochs} != to_dict(cfg):  # extending epochs is allowed
             raise UserError(f"{last_path}: the run was started with another config; resume with the same "
                             "arguments or start a new --out folder")
         adapter.load_state_dict(state["state_dict"])

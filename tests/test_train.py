@@ -1,0 +1,188 @@
+"""The shared training loop: run folder, selection on validation, distillation, resume, predict, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crysdistill.cli import main
+from crysdistill.cli.common import sample_path
+from crysdistill.config import load_config
+from crysdistill.data.graph import GraphSettings
+from crysdistill.teacher.checkpoint import save_teacher
+from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
+from crysdistill.train.config import TrainConfig
+from crysdistill.train.splits import make_splits
+from crysdistill.train.trainer import fit, prepare
+
+SAMPLE = str(sample_path())
+SMALL = ["--train-size", "48", "--val-size", "24", "--test-size", "24", "--epochs", "2", "--batch-size", "16"]
+CGCNN_SMALL = ["model.n_conv=1"]
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    enc = CrysGNNEncoder(EncoderConfig(width=16, layers=2))
+    p = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_teacher(p, enc, GraphSettings(), tasks={}, metrics={})
+    return str(p)
+
+
+def _cfg(tmp_path: Path, **kw) -> TrainConfig:
+    base = {"student": "cgcnn", "targets": ["formation_energy_per_atom"], "train_size": 48, "val_size": 24,
+            "test_size": 24, "epochs": 2, "batch_size": 16, "cache_dir": str(tmp_path / "cache"), "workers": 1,
+            "model": {"n_conv": 1}}
+    base.update(kw)
+    return load_config(TrainConfig, extra=base)
+
+
+def test_splits_are_disjoint_seeded_and_nested():
+    a = make_splits(100, 20, 10, 30, seed=3)
+    b = make_splits(100, 40, 10, 30, seed=3)
+    assert not set(a["train"]) & set(a["val"]) and not set(a["train"]) & set(a["test"])
+    assert not set(a["val"]) & set(a["test"])
+    assert (a["test"] == b["test"]).all() and (a["val"] == b["val"]).all()  # fixed test set across sizes
+    assert set(a["train"]) <= set(b["train"])  # learning-curve training sets are nested
+    assert (make_splits(100, 0.5, 0.2, 0.2, seed=1)["train"].size == 50)
+
+
+def test_train_cli_writes_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+               *SMALL, "--seed", "0", "--out", str(out), "--cache-dir", str(tmp_path / "c"), *CGCNN_SMALL])
+    assert rc == 0
+    for name in ("config.yaml", "splits.json", "metrics.csv", "best.pt", "last.pt", "predictions_test.csv",
+                 "summary.json"):
+        assert (out / name).is_file(), name
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("test_mae", "val_mae", "best_epoch", "n_train", "n_val", "n_test", "seconds", "student",
+                "teacher_fingerprint"):
+        assert key in s
+    assert (s["n_train"], s["n_val"], s["n_test"]) == (48, 24, 24)
+    assert s["teacher_fingerprint"] is None
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 2
+    # best epoch is the one with the lowest validation MAE
+    vals = [float(r["val_mae"]) for r in rows]
+    assert s["best_epoch"] == int(np.argmin(vals)) + 1
+    assert s["val_mae"] == pytest.approx(min(vals))
+    splits = json.loads((out / "splits.json").read_text())
+    assert len(splits["test"]) == 24 and not set(splits["train"]) & set(splits["test"])
+    preds = list(csv.DictReader(open(out / "predictions_test.csv")))
+    assert len(preds) == 24
+    mae = np.mean([abs(float(r["formation_energy_per_atom_target"]) - float(r["formation_energy_per_atom_prediction"]))
+                   for r in preds])
+    assert mae == pytest.approx(s["test_mae"], rel=1e-6)
+    assert "test MAE" in capsys.readouterr().out
+
+
+def test_distilled_run_keeps_teacher_frozen(tmp_path, teacher_path):
+    cfg = _cfg(tmp_path, teacher=teacher_path)
+    prep = prepare(cfg, SAMPLE)
+    before = {k: v.clone() for k, v in prep.teacher.encoder.state_dict().items()}
+    assert prep.embeddings is not None and prep.embeddings.n_computed == 48
+    res = fit(cfg, prep, tmp_path / "run")
+    assert np.isfinite(res["val_mae"])
+    enc = prep.teacher.encoder
+    assert not enc.training
+    assert all(not p.requires_grad for p in enc.parameters())
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BatchNorm buffers unchanged
+    # embeddings come from the cache the second time
+    assert prepare(cfg, SAMPLE).embeddings.n_computed == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert float(rows[0]["train_distill_node"]) > 0
+
+
+def test_safeguard_grid_selects_on_validation(tmp_path, teacher_path):
+    out = tmp_path / "run"
+    rc = main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+               *SMALL, "--teacher", teacher_path, "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+               *CGCNN_SMALL, "distill.weight_grid=[0,0.5]"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    grid = s["weight_grid_val_mae"]
+    assert set(grid) == {"0", "0.5"}
+    assert s["distill_weight"] == min((v, float(k)) for k, v in grid.items())[1]
+    assert s["val_mae"] == pytest.approx(min(grid.values()))
+
+
+def test_resume_continues_and_matches_uninterrupted(tmp_path):
+    args = ["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+            "--train-size", "48", "--val-size", "24", "--test-size", "24", "--batch-size", "16",
+            "--cache-dir", str(tmp_path / "c"), *CGCNN_SMALL]
+    part = tmp_path / "part"
+    assert main([*args, "--epochs", "3", "--out", str(part), "optim.scheduler=none"]) == 0
+    # a run stopped after 2 epochs, resumed (extended) to 3, must equal 3 straight epochs
+    inter = tmp_path / "inter"
+    assert main([*args, "--epochs", "2", "--out", str(inter), "optim.scheduler=none"]) == 0
+    assert main([*args, "--epochs", "3", "--out", str(inter), "--resume", "optim.scheduler=none"]) == 0
+    a = json.loads((part / "summary.json").read_text())
+    b = json.loads((inter / "summary.json").read_text())
+    assert b["val_mae"] == pytest.approx(a["val_mae"], rel=1e-5)
+    assert len(list(csv.DictReader(open(inter / "metrics.csv")))) == 3
+
+
+def test_predict_roundtrip_and_errors(tmp_path, teacher_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+                 *SMALL, "--out", str(out), "--cache-dir", str(tmp_path / "c"), *CGCNN_SMALL]) == 0
+    pred_csv = tmp_path / "pred.csv"
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), "--data", "sample", "-o", str(pred_csv),
+                 "--limit", "30", "--cache-dir", str(tmp_path / "c")]) == 0
+    rows = list(csv.DictReader(open(pred_csv)))
+    test_rows = {r["id"]: r for r in csv.DictReader(open(out / "predictions_test.csv"))}
+    common = [r for r in rows if r["id"] in test_rows]
+    for r in common:  # predict reproduces the training run's test predictions
+        assert float(r["formation_energy_per_atom_prediction"]) == pytest.approx(
+            float(test_rows[r["id"]]["formation_energy_per_atom_prediction"]), rel=1e-5, abs=1e-6)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", teacher_path, "--data", "sample", "-o", str(pred_csv)]) == 2
+    assert "not a student checkpoint" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), "--student", "alignn", "--data", "sample",
+                 "-o", str(pred_csv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a 'cgcnn' checkpoint" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--student", "nosuch", "--target", "formation_energy_per_atom"], "unknown student 'nosuch'; installed:"),
+        (["--student", "cgcnn", "--target", "band_gapp"], "target 'band_gapp' not found; labels present"),
+        (["--student", "cgcnn", "--target", "formation_energy_per_atom", "optim.lrr=1"], "did you mean 'lr'"),
+        (["--student", "cgcnn", "--target", "formation_energy_per_atom", "--teacher", "missing.pt"],
+         "checkpoint not found"),
+    ],
+)
+def test_train_bad_input_is_one_line(tmp_path, capsys, argv, expected):
+    rc = main(["train", "--data", "sample", "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"),
+               *SMALL, *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert expected in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_labels_skip_or_raise(tmp_path, capsys):
+    import gzip
+
+    rows = [json.loads(line) for line in gzip.open(SAMPLE, "rt")][:120]
+    rows[3]["formation_energy_per_atom"] = None
+    rows[7]["formation_energy_per_atom"] = "n/a"
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    common = ["train", "--student", "cgcnn", "--data", str(data), "--target", "formation_energy_per_atom",
+              "--train-size", "40", "--val-size", "20", "--test-size", "20", "--epochs", "1",
+              "--cache-dir", str(tmp_path / "c"), *CGCNN_SMALL]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["n_missing_labels"] == 2
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "b"), "missing_labels=raise"]) == 2
+    err = capsys.readouterr().err
+    assert "d.jsonl:4" in err and "missing or not a number" in err
