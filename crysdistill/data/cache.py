@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pymatgen.core import Structure
@@ -26,6 +27,9 @@ from crysdistill.data.records import Problem, Record
 from crysdistill.errors import RecordError, UserError
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file only grows as needed
+
+#: Open LMDB environments by store folder, ``(pid, environment, writable)``: see ``GraphStore._open``.
+_ENVS: dict[str, tuple[int, Any, bool]] = {}
 
 
 def default_cache_dir() -> Path:
@@ -89,17 +93,29 @@ class GraphStore:
             raise ValueError("GraphStore needs a featurizer or a name and a fingerprint")
         self.path = Path(root) / f"{name}-{fingerprint}"
         self._settings = settings or {}
-        self._env = None
-        self._pid = None
+        self._key = str(self.path.resolve())  # registry key of the LMDB environment
 
     def _open(self, write: bool = False):
+        """The process-wide LMDB environment of this store (``None`` if nothing is stored yet).
+
+        LMDB allows one open environment per file and process, and several :class:`GraphStore`
+        objects (e.g. the :class:`GraphSet` of a first :func:`build_graphs` call and the store of
+        a second call) may point at the same folder, so environments are shared through a
+        module-level registry keyed by the folder, and looked up on every operation.
+        """
         import lmdb
 
-        if self._env is not None and self._pid == os.getpid() and (not write or self._writable):
-            return self._env
-        if self._env is not None and self._pid == os.getpid():
-            self._env.close()  # LMDB allows one handle per file and process
-        self._env = None
+        key = self._key
+        entry = _ENVS.get(key)
+        if entry is not None:
+            pid, env, writable = entry
+            if pid != os.getpid():
+                del _ENVS[key]  # inherited through fork: never use or close the parent's handle
+            elif writable or not write:
+                return env
+            else:
+                env.close()  # reopen for writing
+                del _ENVS[key]
         if write:
             self.path.mkdir(parents=True, exist_ok=True)
             settings_file = self.path / "featurizer.json"
@@ -107,17 +123,10 @@ class GraphStore:
                 settings_file.write_text(json.dumps(self._settings, indent=1, sort_keys=True) + "\n")
         elif not (self.path / "data.mdb").exists():
             return None
-        self._env = lmdb.open(str(self.path), map_size=DEFAULT_MAP_SIZE, subdir=True, readonly=not write,
-                              lock=write, readahead=False, meminit=False, max_readers=256)
-        self._pid = os.getpid()
-        self._writable = write
-        return self._env
-
-    def __getstate__(self) -> dict:
-        d = dict(self.__dict__)
-        d["_env"] = None
-        d["_pid"] = None
-        return d
+        env = lmdb.open(str(self.path), map_size=DEFAULT_MAP_SIZE, subdir=True, readonly=not write,
+                        lock=write, readahead=False, meminit=False, max_readers=256)
+        _ENVS[key] = (os.getpid(), env, write)
+        return env
 
     def missing(self, keys: Sequence[str]) -> list[int]:
         """Positions in ``keys`` whose graphs are not stored yet."""
@@ -144,9 +153,10 @@ class GraphStore:
         return unpack_arrays(buf)
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        """Close this folder's environment in this process (any store reopens it on next use)."""
+        entry = _ENVS.pop(self._key, None)
+        if entry is not None and entry[0] == os.getpid():
+            entry[1].close()
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.glob("*.mdb")) if self.path.exists() else 0
