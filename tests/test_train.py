@@ -22,7 +22,7 @@ from crysdistill.train.trainer import fit, prepare
 
 SAMPLE = str(sample_path())
 SMALL = ["--train-size", "48", "--val-size", "24", "--test-size", "24", "--epochs", "2", "--batch-size", "16"]
-CGCNN_SMALL = ["model.n_conv=1"]
+CGCNN_SMALL = ["model.layers=1"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def teacher_path(tmp_path_factory) -> str:
 def _cfg(tmp_path: Path, **kw) -> TrainConfig:
     base = {"student": "cgcnn", "targets": ["formation_energy_per_atom"], "train_size": 48, "val_size": 24,
             "test_size": 24, "epochs": 2, "batch_size": 16, "cache_dir": str(tmp_path / "cache"), "workers": 1,
-            "model": {"n_conv": 1}}
+            "model": {"layers": 1}}
     base.update(kw)
     return load_config(TrainConfig, extra=base)
 

@@ -199,6 +199,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     teacher_fp_before = state_fingerprint(prep.teacher.encoder.state_dict()) if prep.teacher is not None else None
 
     start_epoch, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
+    out.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
     if resume and last_path.exists():
         state = load_checkpoint(last_path)
