@@ -119,7 +119,7 @@ def _iter_raw(source: str) -> Iterator[Record | Problem]:
         return
     p = Path(source)
     if not p.exists():
-        raise UserError(f"{source}: no such file or directory")
+        raise UserError(f"{source}: no such file or directory; check the path")
     if p.is_dir():
         yield from _iter_folder(p)
         return
@@ -148,7 +148,7 @@ def _iter_jsonl(p: Path) -> Iterator[Record | Problem]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield Problem(origin, f"not valid JSON ({exc.msg})")
+                    yield Problem(origin, f"not valid JSON ({exc.msg}); fix or delete this line")
                     continue
                 yield _record_from_obj(obj, origin, default_id=f"{p.name}:{lineno}")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
@@ -190,7 +190,7 @@ def _record_from_obj(obj: Any, origin: str, default_id: str) -> Record | Problem
         else:
             structure = Structure.from_dict(raw)
     except Exception as exc:  # pymatgen raises many types for malformed input
-        return Problem(name, f"cannot parse structure ({type(exc).__name__}: {exc})")
+        return Problem(name, f"cannot parse structure ({type(exc).__name__}: {exc}); fix or remove this record")
     labels = _labels(obj, name)
     if isinstance(labels, Problem):
         return labels
@@ -242,7 +242,8 @@ def _read_structure_file(p: Path, rid: str, labels: dict | None = None) -> Recor
         return Problem(origin, "file not found")
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        return Problem(origin, f"cannot parse as CIF or POSCAR ({type(exc).__name__}{': ' + msg if msg else ''})")
+        return Problem(origin, f"cannot parse as CIF or POSCAR ({type(exc).__name__}{': ' + msg if msg else ''}); "
+                               "fix the file or remove it")
     return Record(rid, structure, dict(labels or {}), origin)
 
 

@@ -68,6 +68,8 @@ def check_structure(structure: Structure, name: str, min_distance: float = 0.5) 
         )
     if structure.volume <= 1e-6 or not np.isfinite(structure.lattice.matrix).all():
         raise RecordError(name, "degenerate lattice (zero volume)", "fix the lattice vectors")
+    if not np.isfinite(structure.frac_coords).all():
+        raise RecordError(name, "non-finite atomic coordinates (NaN or infinity)", "fix the coordinates or remove it")
     centers, points, _, dists = structure.get_neighbor_list(min_distance, exclude_self=True)
     if len(dists):
         k = int(np.argmin(dists))
