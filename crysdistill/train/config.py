@@ -64,7 +64,9 @@ class TrainConfig:
         train_size: training structures (count, fraction < 1, or ``None`` = the rest).
         val_size: validation structures (count or fraction; default 10 %).
         test_size: test structures (count or fraction; default 10 %).
-        seed: seed of the split, the initialisation and the batch order.
+        seed: seed of the initialisation and the batch order (and of the split, unless ``split_seed``).
+        split_seed: seed of the train/validation/test split (default: ``seed``); fix it to compare
+            several model seeds on one split.
         epochs: training epochs.
         batch_size: structures per step.
         eval_batch_size: structures per step when predicting.
@@ -86,6 +88,7 @@ class TrainConfig:
     val_size: float | None = None
     test_size: float | None = None
     seed: int = 0
+    split_seed: int | None = None
     epochs: int = 100
     batch_size: int = 64
     eval_batch_size: int = 256

@@ -23,7 +23,7 @@ import yaml
 
 from crysdistill.config import to_dict
 from crysdistill.data.cache import GraphSet, build_graphs
-from crysdistill.data.readers import read_dataset
+from crysdistill.data.readers import Dataset, read_dataset
 from crysdistill.data.records import Problem
 from crysdistill.distill.cache import TeacherEmbeddings, teacher_embeddings
 from crysdistill.distill.losses import DistillationLoss
@@ -75,11 +75,17 @@ def _progress(desc: str):
     return build_progress(desc)
 
 
-def prepare(cfg: TrainConfig, data: str) -> Prepared:
-    """Read the data, check the targets, build (cached) graphs, split, and embed with the teacher."""
+def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
+    """Read the data, check the targets, build (cached) graphs, split, and embed with the teacher.
+
+    Args:
+        cfg: the run's config.
+        data: a path (see :func:`read_dataset`) or an already read :class:`Dataset`.
+    """
     if not cfg.targets:
         raise ConfigError("no target given; pass --target KEY (see 'crysdistill data inspect' for the labels)")
-    ds = read_dataset(data, on_error=cfg.on_error)
+    ds = data if isinstance(data, Dataset) else read_dataset(data, on_error=cfg.on_error)
+    data = ds.source
     present = ds.label_keys()
     missing_keys = [t for t in cfg.targets if t not in present]
     if missing_keys:
@@ -119,7 +125,8 @@ def prepare(cfg: TrainConfig, data: str) -> Prepared:
             ok = set(tgraphs.ids)
             keep = [k for k, rid in enumerate(graphs.ids) if rid in ok]
             graphs, y = graphs.subset(keep), y[keep]
-    splits = make_splits(len(graphs), cfg.train_size, cfg.val_size, cfg.test_size, cfg.seed)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    splits = make_splits(len(graphs), cfg.train_size, cfg.val_size, cfg.test_size, split_seed)
     normalizer = Normalizer.fit(y[splits["train"]])
     if teacher is not None:
         # only the training structures are distilled; tgraphs is aligned with graphs
@@ -307,7 +314,7 @@ def _run_extras(cfg: TrainConfig, prep: Prepared, epoch: int, val_mae: float) ->
     }
 
 
-def train_student(cfg: TrainConfig, data: str, out: str | Path, resume: bool = False) -> dict:
+def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume: bool = False) -> dict:
     """Train, select on validation, test once; write the run folder and return ``summary.json``'s content.
 
     The run folder holds ``config.yaml``, ``splits.json``, ``metrics.csv``, ``best.pt``, ``last.pt``,
@@ -322,10 +329,12 @@ def train_student(cfg: TrainConfig, data: str, out: str | Path, resume: bool = F
     get_student(cfg.student)  # an unknown name fails before any data is read
     t_start = time.perf_counter()
     prep = prepare(cfg, data)
+    data = data.source if isinstance(data, Dataset) else data
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), out / "config.yaml")
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     atomic_write_text(json.dumps({
-        "seed": cfg.seed, "data": str(data),
+        "seed": cfg.seed, "split_seed": split_seed, "data": str(data),
         **{k: [prep.graphs.ids[i] for i in v] for k, v in prep.splits.items()},
     }), out / "splits.json")
 
@@ -363,7 +372,7 @@ def train_student(cfg: TrainConfig, data: str, out: str | Path, resume: bool = F
         "distill_weight": (chosen_weight if chosen_weight is not None else
                            (cfg.distill.node_weight if prep.teacher is not None else 0.0)),
         "weight_grid_val_mae": grid_summary,
-        "seed": cfg.seed, "n_train": len(prep.splits["train"]), "n_val": len(prep.splits["val"]),
+        "seed": cfg.seed, "split_seed": split_seed, "n_train": len(prep.splits["train"]), "n_val": len(prep.splits["val"]),
         "n_test": len(test_idx), "n_skipped": len(prep.problems), "n_missing_labels": prep.n_missing_labels,
         "val_mae": fitres["val_mae"], "best_epoch": fitres["best_epoch"], "epochs": cfg.epochs,
         "test_mae": None, "test_mae_per_target": None,

@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""Evidence benchmark: how much does distillation help each student, on real data?
+
+For each student × target × training-set size × seed it trains a vanilla and a distilled run
+(same split, budget and hyperparameters; only the distillation term differs), selects each on
+validation and tests it once, through the library's own ``train_student``. Every run lands in
+``OUT/runs/<student>/<target>/n<size>/<mode>/seed<k>/`` (a normal run folder), so the grid can be
+run in pieces (``--students``, ``--targets``, ``--sizes``, ``--seeds``) and merged: finished runs
+are skipped, and ``results.csv``, ``summary.md`` and the plots are rebuilt from every run found.
+
+The *safeguard* column picks, per seed, the weight with the best validation MAE among vanilla
+(weight 0) and the distilled weights run, then reports that run's test MAE: validation only
+decides, so distillation cannot make a student worse than vanilla on validation.
+
+Example (the command behind docs/BENCHMARKS.md):
+
+    python scripts/benchmark.py --students cgcnn --targets formation_energy_per_atom,band_gap \\
+        --sizes 1000 --seeds 0,1,2 --epochs 60 --teacher default --out runs/benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = {
+    # target: (file, val size, test size, unit, uses --sizes)
+    "formation_energy_per_atom": ("mp_cgcnn_eform_gap_efermi_magmom.jsonl.gz", 1000, 5000, "eV/atom", True),
+    "band_gap": ("mp_cgcnn_eform_gap_efermi_magmom.jsonl.gz", 1000, 5000, "eV", True),
+    "log_kvrh": ("mp_elasticity_cgcnn.jsonl.gz", 0.2, 0.2, "log10 GPa", False),
+    "log_gvrh": ("mp_elasticity_cgcnn.jsonl.gz", 0.2, 0.2, "log10 GPa", False),
+    "last_phdos_peak": ("matbench_phonons.jsonl.gz", 0.2, 0.2, "cm^-1", False),
+}
+SPLIT_SEED = 0  # one fixed split per dataset; model seeds vary
+FIELDS = ["student", "target", "n_train", "seed", "mode", "distill_weight", "test_mae", "val_mae", "best_epoch",
+          "epochs", "seconds", "n_val", "n_test", "teacher_fingerprint", "run"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--students", default="cgcnn", help="comma-separated student names")
+    p.add_argument("--targets", default="formation_energy_per_atom,band_gap", help=f"comma-separated: {', '.join(DATA)}")
+    p.add_argument("--sizes", default="250,1000", help="training-set sizes (MP targets; others use 60%% of the data)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--teacher", default="default", help="teacher checkpoint or 'default'")
+    p.add_argument("--weights", default="0.1", help="distillation weights to run (node_weight); 0 = vanilla is always run")
+    p.add_argument("--layers", default="-1", help="teacher layers matched, e.g. 0,1,2 (multi-scale)")
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    p.add_argument("--out", default="runs/benchmark")
+    p.add_argument("--config-dir", default=str(Path(__file__).resolve().parents[1] / "configs"),
+                   help="per-student YAML configs (<student>.yaml), if present")
+    p.add_argument("-O", "--override", action="append", default=[], metavar="key=value",
+                   help="config override for every run (e.g. model.layers=3)")
+    p.add_argument("--summarise-only", action="store_true", help="only rebuild results.csv, summary.md and plots")
+    return p.parse_args(argv)
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    from crysdistill.config import load_config
+    from crysdistill.data.readers import read_dataset
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.trainer import train_student
+
+    out = Path(args.out)
+    students = args.students.split(",")
+    targets = args.targets.split(",")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    weights = [float(w) for w in args.weights.split(",") if float(w) != 0]
+    layers = [int(x) for x in args.layers.split(",")]
+    datasets: dict[str, object] = {}
+    for target in targets:
+        if target not in DATA:
+            sys.exit(f"unknown target {target!r}; choose from {', '.join(DATA)}")
+        fname, val, test, _, sized = DATA[target]
+        if fname not in datasets:
+            t0 = time.perf_counter()
+            datasets[fname] = read_dataset(os.path.join(args.data_dir, fname))
+            print(f"read {fname}: {len(datasets[fname])} structures in {time.perf_counter() - t0:.0f} s", flush=True)
+        for student in students:
+            cfg_file = Path(args.config_dir) / f"{student}.yaml"
+            for n in (sizes if sized else [None]):
+                for seed in seeds:
+                    for w in [0.0, *weights]:
+                        mode = "vanilla" if w == 0 else f"distill-w{w:g}"
+                        run = out / "runs" / student / target / f"n{n or 'all'}" / mode / f"seed{seed}"
+                        if (run / "summary.json").exists():
+                            continue
+                        extra = {"student": student, "targets": [target], "train_size": n, "val_size": val,
+                                 "test_size": test, "seed": seed, "split_seed": SPLIT_SEED, "epochs": args.epochs,
+                                 "teacher": args.teacher if w else None,
+                                 "distill": {"node_weight": w, "teacher_layers": layers}}
+                        cfg = load_config(TrainConfig, cfg_file if cfg_file.exists() else None, args.override,
+                                          extra=extra)
+                        t0 = time.perf_counter()
+                        s = train_student(cfg, datasets[fname], run)
+                        print(f"{student:12s} {target:26s} n={s['n_train']:<5d} seed={seed} {mode:14s} "
+                              f"val {s['val_mae']:.4f} test {s['test_mae']:.4f} (epoch {s['best_epoch']}) "
+                              f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def collect(out: Path) -> list[dict]:
+    rows = []
+    for f in sorted((out / "runs").glob("*/*/*/*/seed*/summary.json")):
+        s = json.loads(f.read_text())
+        mode = f.parent.parent.name
+        rows.append({"student": s["student"], "target": s["targets"][0], "n_train": s["n_train"], "seed": s["seed"],
+                     "mode": mode, "distill_weight": s["distill_weight"], "test_mae": s["test_mae"],
+                     "val_mae": s["val_mae"], "best_epoch": s["best_epoch"], "epochs": s["epochs"],
+                     "seconds": round(s["seconds"], 1), "n_val": s["n_val"], "n_test": s["n_test"],
+                     "teacher_fingerprint": s["teacher_fingerprint"], "run": str(f.parent)})
+    return rows
+
+
+def add_safeguard(rows: list[dict]) -> list[dict]:
+    """Per (student, target, n, seed): the run with the best validation MAE among all weights."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["mode"] == "safeguard":
+            continue
+        groups.setdefault((r["student"], r["target"], r["n_train"], r["seed"]), []).append(r)
+    out = [r for r in rows if r["mode"] != "safeguard"]
+    for rs in groups.values():
+        if len(rs) < 2 or not any(r["mode"] == "vanilla" for r in rs):
+            continue
+        best = min(rs, key=lambda r: (r["val_mae"], r["distill_weight"]))
+        out.append({**best, "mode": "safeguard"})
+    return out
+
+
+def summarise(rows: list[dict], out: Path) -> str:
+    from collections import defaultdict
+
+    stats = defaultdict(list)
+    for r in rows:
+        stats[(r["student"], r["target"], r["n_train"], r["mode"])].append(r)
+    lines = ["| student | target | n_train | mode | seeds | test MAE (mean ± std) | vs vanilla | seeds better | "
+             "val MAE | best epoch | s/run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(stats, key=lambda k: (k[0], k[1], k[2], k[3] != "vanilla", k[3])):
+        student, target, n, mode = key
+        rs = sorted(stats[key], key=lambda r: r["seed"])
+        t = np.array([r["test_mae"] for r in rs])
+        van = {r["seed"]: r["test_mae"] for r in stats.get((student, target, n, "vanilla"), [])}
+        rel = better = ""
+        if mode != "vanilla" and van:
+            common = [r for r in rs if r["seed"] in van]
+            if common:
+                vm = np.mean([van[r["seed"]] for r in common])
+                rel = f"{100 * (np.mean([r['test_mae'] for r in common]) / vm - 1):+.1f} %"
+                better = f"{sum(r['test_mae'] < van[r['seed']] for r in common)}/{len(common)}"
+        unit = DATA.get(target, ("", 0, 0, ""))[3]
+        lines.append(f"| {student} | {target} ({unit}) | {n} | {mode} | {len(rs)} | {t.mean():.4f} ± {t.std(ddof=1) if len(t) > 1 else 0:.4f} "
+                     f"| {rel} | {better} | {np.mean([r['val_mae'] for r in rs]):.4f} | "
+                     f"{', '.join(str(r['best_epoch']) for r in rs)} | {np.mean([r['seconds'] for r in rs]):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    for student in sorted({r["student"] for r in rows}):
+        for target in sorted({r["target"] for r in rows if r["student"] == student}):
+            rs = [r for r in rows if r["student"] == student and r["target"] == target]
+            sizes = sorted({r["n_train"] for r in rs})
+            if len(sizes) >= 1:
+                fig, ax = plt.subplots(figsize=(4.5, 3.5))
+                for mode in sorted({r["mode"] for r in rs}):
+                    m = [np.mean([r["test_mae"] for r in rs if r["mode"] == mode and r["n_train"] == n]) for n in sizes
+                         if any(r["mode"] == mode and r["n_train"] == n for r in rs)]
+                    s = [np.std([r["test_mae"] for r in rs if r["mode"] == mode and r["n_train"] == n]) for n in sizes
+                         if any(r["mode"] == mode and r["n_train"] == n for r in rs)]
+                    ns = [n for n in sizes if any(r["mode"] == mode and r["n_train"] == n for r in rs)]
+                    ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, label=mode)
+                ax.set_xscale("log")
+                ax.set_xlabel("training structures")
+                ax.set_ylabel(f"test MAE ({DATA.get(target, ('', 0, 0, ''))[3]})")
+                ax.set_title(f"{student}: {target}", fontsize=9)
+                ax.legend(fontsize=7)
+                fig.tight_layout()
+                p = out / f"curve_{student}_{target}.png"
+                fig.savefig(p, dpi=110)
+                plt.close(fig)
+                made.append(p)
+            # parity plot of the largest size, seed 0
+            n = sizes[-1]
+            fig, axes = plt.subplots(1, 2, figsize=(7, 3.4), sharex=True, sharey=True)
+            for ax, mode in zip(axes, ["vanilla", next((r["mode"] for r in rs if r["mode"].startswith("distill")), "")]):
+                run = next((r["run"] for r in rs if r["mode"] == mode and r["n_train"] == n and r["seed"] == 0), None)
+                if not run or not (Path(run) / "predictions_test.csv").exists():
+                    continue
+                with open(Path(run) / "predictions_test.csv") as fh:
+                    data = list(csv.reader(fh))[1:]
+                y = np.array([float(d[1]) for d in data])
+                yhat = np.array([float(d[2]) for d in data])
+                ax.scatter(y, yhat, s=3, alpha=0.4)
+                lo, hi = np.percentile(np.r_[y, yhat], [0.5, 99.5])
+                ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+                ax.set_xlim(lo, hi)
+                ax.set_ylim(lo, hi)
+                ax.set_title(f"{mode} (n={n}, seed 0), MAE {np.mean(np.abs(y - yhat)):.4f}", fontsize=8)
+                ax.set_xlabel("DFT")
+            axes[0].set_ylabel("predicted")
+            fig.tight_layout()
+            p = out / f"parity_{student}_{target}.png"
+            fig.savefig(p, dpi=110)
+            plt.close(fig)
+            made.append(p)
+    return made
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.summarise_only:
+        run_grid(args)
+    rows = add_safeguard(collect(out))
+    if not rows:
+        print("no finished runs found")
+        return 1
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    table = summarise(rows, out)
+    (out / "summary.md").write_text(table)
+    made = plots(rows, out)
+    print(table)
+    print(f"wrote {out / 'results.csv'}, {out / 'summary.md'} and {len(made)} plot(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
