@@ -81,6 +81,9 @@ class GraphSettings:
     symmetry: bool = True
 
     def __post_init__(self) -> None:
+        # normalise numbers so that equal settings (cutoff=8 and 8.0) give the same fingerprint
+        for name in ("cutoff", "gaussian_step", "gaussian_width", "symprec", "angle_tolerance"):
+            object.__setattr__(self, name, float(getattr(self, name)))
         if self.cutoff <= 0 or self.max_neighbors < 1 or self.gaussian_step <= 0 or self.gaussian_width <= 0:
             raise ConfigError(
                 f"invalid graph settings {self}: cutoff, max_neighbors, gaussian_step and gaussian_width must be > 0"
