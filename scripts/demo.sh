@@ -1,12 +1,39 @@
 #!/usr/bin/env bash
-# The main job end to end on the bundled sample (400 Materials Project structures).
-# Creates .venv if missing. Outputs go to runs/demo/.
+# The main job end to end on the bundled sample (400 Materials Project structures with formation
+# energies): inspect the data, pretrain a small teacher, then train a vanilla and a distilled CGCNN.
+# Creates .venv if missing. Everything goes to runs/demo/ (DEMO_OUT to change). About 2-3 minutes on 2 cores.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
 OUT="${DEMO_OUT:-runs/demo}"
+rm -rf "$OUT/teacher" "$OUT/cgcnn-vanilla" "$OUT/cgcnn-distilled"
 mkdir -p "$OUT"
 export CRYSDISTILL_CACHE="${CRYSDISTILL_CACHE:-$ROOT/$OUT/cache}"
+SPLIT=(--train-size 240 --val-size 60 --test-size 100 --seed 0)
 
 echo "== 1. read the bundled sample, build and cache its crystal graphs =="
 crysdistill data inspect sample
+
+echo
+echo "== 2. pretrain a small CrysGNN teacher on the sample (self-supervised, no labels used) =="
+crysdistill pretrain --data sample --out "$OUT/teacher" --epochs 4 --seed 0
+crysdistill teacher eval "$OUT/teacher/teacher.pt" --data sample
+
+echo
+echo "== 3. train CGCNN on formation energy: vanilla, then distilled from the demo teacher =="
+crysdistill train --student cgcnn --data sample --target formation_energy_per_atom "${SPLIT[@]}" \
+  --epochs 30 --out "$OUT/cgcnn-vanilla"
+crysdistill train --student cgcnn --data sample --target formation_energy_per_atom "${SPLIT[@]}" \
+  --epochs 30 --teacher "$OUT/teacher/teacher.pt" --out "$OUT/cgcnn-distilled"
+
+echo
+echo "== result (test split used once, model chosen on validation) =="
+python - "$OUT" <<'PY'
+import json, sys
+for name in ("cgcnn-vanilla", "cgcnn-distilled"):
+    s = json.load(open(f"{sys.argv[1]}/{name}/summary.json"))
+    print(f"{name:16s} test MAE {s['test_mae']:.4f} eV/atom  (val {s['val_mae']:.4f}, best epoch {s['best_epoch']}, "
+          f"n_train {s['n_train']})")
+PY
+echo "A 4-epoch teacher on 400 structures is only a smoke test of the pipeline; the shipped teacher"
+echo "(--teacher default) was pretrained on 42,391 structures: see README.md."
