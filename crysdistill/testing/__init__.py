@@ -1,0 +1,13 @@
+"""Test helpers shipped with crysdistill: the conformance suite every student adapter subclasses.
+
+``from crysdistill.testing import StudentConformance`` needs pytest (the ``test`` extra). The
+conformance module's asserts are rewritten by pytest, so failures show the compared values.
+"""
+
+import pytest
+
+pytest.register_assert_rewrite("crysdistill.testing.conformance")
+
+from crysdistill.testing.conformance import StudentConformance, fixture_structures  # noqa: E402
+
+__all__ = ["StudentConformance", "fixture_structures"]
