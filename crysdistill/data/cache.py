@@ -53,7 +53,7 @@ def pack_arrays(arrays: Arrays) -> bytes:
     """Serialise a dict of arrays without pickle."""
     header, blobs, offset = {}, [], 0
     for k, a in arrays.items():
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)  # not ascontiguousarray: it turns 0-d arrays into 1-d; tobytes() is C order
         b = a.tobytes()
         header[k] = [a.dtype.str, list(a.shape), offset, len(b)]
         blobs.append(b)
@@ -110,7 +110,11 @@ class GraphStore:
         if entry is not None:
             pid, env, writable = entry
             if pid != os.getpid():
-                del _ENVS[key]  # inherited through fork: never use or close the parent's handle
+                # Inherited through fork (e.g. a DataLoader worker): never use the parent's handle.
+                # Closing the child's copy only unmaps the child's memory and closes the child's
+                # descriptors; it is needed because lmdb refuses a second open in "this" process.
+                del _ENVS[key]
+                env.close()
             elif writable or not write:
                 return env
             else:
@@ -155,7 +159,7 @@ class GraphStore:
     def close(self) -> None:
         """Close this folder's environment in this process (any store reopens it on next use)."""
         entry = _ENVS.pop(self._key, None)
-        if entry is not None and entry[0] == os.getpid():
+        if entry is not None:
             entry[1].close()
 
     def size_bytes(self) -> int:
