@@ -186,3 +186,20 @@ def test_missing_labels_skip_or_raise(tmp_path, capsys):
     assert main([*common, "--out", str(tmp_path / "b"), "missing_labels=raise"]) == 2
     err = capsys.readouterr().err
     assert "d.jsonl:4" in err and "missing or not a number" in err
+
+
+def test_embedding_injection_trains_and_predicts(tmp_path, teacher_path):
+    out = tmp_path / "run"
+    assert main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+                 *SMALL, "--teacher", teacher_path, "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                 *CGCNN_SMALL, "distill.inject_layers=[0,1,2]", "distill.node_weight=0"]) == 0
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["student"]["extra_atom_features"] == 3 * 16
+    assert ckpt["inject"]["layers"] == [0, 1, 2]
+    pred_csv = tmp_path / "pred.csv"
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), "--data", "sample", "-o", str(pred_csv),
+                 "--cache-dir", str(tmp_path / "c")]) == 0
+    rows = {r["id"]: r for r in csv.DictReader(open(pred_csv))}
+    for r in csv.DictReader(open(out / "predictions_test.csv")):
+        assert float(rows[r["id"]]["formation_energy_per_atom_prediction"]) == pytest.approx(
+            float(r["formation_energy_per_atom_prediction"]), rel=1e-5, abs=1e-6)

@@ -76,6 +76,10 @@ class TeacherEmbeddings:
     fingerprint: str
     n_computed: int = 0
 
+    def node_list(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Atom embeddings ``(n_sites, D)`` of structures ``indices`` (e.g. as extra student inputs)."""
+        return [torch.from_numpy(self.store.get(self.keys[i])["node"].copy()) for i in indices]
+
     def targets(self, indices: Sequence[int]) -> TeacherTargets:
         """Stack the embeddings of structures ``indices`` into :class:`TeacherTargets`."""
         nodes, graphs, sizes = [], [], [0]

@@ -43,6 +43,9 @@ class DistillConfig:
             ``[0, 1, 2]`` = NEGNN's multi-scale embeddings).
         weight_grid: the safeguard: if not empty, train once per ``node_weight`` in this grid
             (include 0 = vanilla), keep the one with the best validation MAE, test only that one.
+        inject_layers: embedding injection (NEGNN): concatenate the frozen teacher's atom
+            embeddings of these layers (e.g. ``[0, 1, 2]``) to the student's input atom features,
+            for training and prediction (``[]`` = off; students with ``accepts_extra_atom_features``).
     """
 
     node_weight: float = 0.1
@@ -50,6 +53,7 @@ class DistillConfig:
     projection: bool = True
     teacher_layers: list[int] = field(default_factory=lambda: [-1])
     weight_grid: list[float] = field(default_factory=list)
+    inject_layers: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -45,9 +45,23 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
     norm = Normalizer.from_dict(ckpt["normalizer"])
     ds = read_dataset(data, on_error=on_error)
     graphs = build_graphs(ds.records, featurizer, cache_dir=cache_dir, workers=workers, on_error=on_error)
+    injected = None
+    if ckpt.get("inject"):  # the student reads the teacher's atom embeddings as extra inputs
+        from crysdistill.distill.cache import teacher_embeddings
+        from crysdistill.teacher.checkpoint import load_teacher
+
+        inj = ckpt["inject"]
+        teacher = load_teacher(inj["teacher"])
+        if teacher.fingerprint != inj["teacher_fingerprint"]:
+            raise CheckpointError(f"{checkpoint}: was trained with teacher {inj['teacher_fingerprint']} injected, but "
+                                  f"{inj['teacher']} is now teacher {teacher.fingerprint}; restore that teacher file")
+        by_id = {r.id: r for r in ds.records}
+        tgraphs = build_graphs([by_id[i] for i in graphs.ids], teacher.featurizer(), cache_dir=cache_dir,
+                               workers=workers, on_error="raise")
+        injected = teacher_embeddings(teacher, tgraphs, inj["layers"], cache_dir=cache_dir)
     dev = resolve_device(device)
     adapter.to(dev)
-    pred = predict_indices(adapter, graphs, list(range(len(graphs))), batch_size, dev)
+    pred = predict_indices(adapter, graphs, list(range(len(graphs))), batch_size, dev, injected)
     pred = pred * norm.std + norm.mean
     labels = {r.id: r.labels for r in ds.records}
     has = {t: any(labels[i].get(t) is not None for i in graphs.ids) for t in targets}

@@ -58,6 +58,7 @@ class Prepared:
     normalizer: Normalizer
     teacher: object | None
     embeddings: TeacherEmbeddings | None
+    injected: TeacherEmbeddings | None
     problems: list[Problem]
     n_missing_labels: int
     featurizer_fingerprint: str
@@ -105,14 +106,19 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
         y_rows.append([np.nan if v is None else v for v in row])
     if n_missing:
         log.info("skipped %d record(s) without a numeric %s", n_missing, "/".join(cfg.targets))
+    if cfg.distill.inject_layers and not cfg.teacher:
+        raise ConfigError("distill.inject_layers needs a teacher (--teacher)")
     student = build_student(cfg.student, cfg.model, n_targets=len(cfg.targets))
+    if cfg.distill.inject_layers and not student.accepts_extra_atom_features:
+        raise ConfigError(f"student {cfg.student!r} does not accept extra atom features; embedding injection "
+                          "(distill.inject_layers) is not available for it")
     graphs = build_graphs(records, student.featurizer(), cache_dir=cfg.cache_dir, workers=cfg.workers,
                           on_error=cfg.on_error, progress=_progress(f"{cfg.student} graphs"))
     problems += graphs.problems
     id_to_row = {r.id: i for i, r in enumerate(records)}
     y = np.asarray([y_rows[id_to_row[i]] for i in graphs.ids], dtype=np.float64).reshape(len(graphs), len(cfg.targets))
 
-    teacher = embeddings = None
+    teacher = embeddings = injected = None
     if cfg.teacher:
         from crysdistill.teacher.checkpoint import load_teacher
 
@@ -134,7 +140,10 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
                                  cache_dir=cfg.cache_dir, progress=_progress("teacher embeddings"))
         # embeddings are looked up by structure key: align them with the whole graph list
         embeddings = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
-    return Prepared(graphs, y, splits, normalizer, teacher, embeddings, problems, n_missing,
+        if cfg.distill.inject_layers:  # inputs of every split, not only training
+            injected = teacher_embeddings(teacher, tgraphs, cfg.distill.inject_layers, cache_dir=cfg.cache_dir,
+                                          progress=_progress("teacher embeddings (injection)"))
+    return Prepared(graphs, y, splits, normalizer, teacher, embeddings, injected, problems, n_missing,
                     student.featurizer().fingerprint())
 
 
@@ -145,15 +154,22 @@ def _masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred - torch.nan_to_num(target)) ** 2)[mask].mean()
 
 
+def collate_indices(adapter: StudentAdapter, graphs: GraphSet, idx, injected: TeacherEmbeddings | None = None):
+    """Collate ``graphs[idx]`` (with injected teacher embeddings as extra atom features, if any)."""
+    extra = injected.node_list(idx) if injected is not None else None
+    return adapter.collate([graphs[i] for i in idx], extra) if extra is not None else \
+        adapter.collate([graphs[i] for i in idx])
+
+
 def predict_indices(adapter: StudentAdapter, graphs: GraphSet, indices, batch_size: int,
-                    device: torch.device) -> np.ndarray:
+                    device: torch.device, injected: TeacherEmbeddings | None = None) -> np.ndarray:
     """Predictions (normalised units) for ``graphs[indices]``: ``(len(indices), T)``."""
     adapter.eval()
     out = []
     with torch.no_grad():
         for s in range(0, len(indices), batch_size):
             idx = indices[s:s + batch_size]
-            batch = adapter.to_device(adapter.collate([graphs[i] for i in idx]), device)
+            batch = adapter.to_device(collate_indices(adapter, graphs, idx, injected), device)
             out.append(adapter(batch).prediction.reshape(len(idx), -1).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, adapter.n_targets))
 
@@ -186,7 +202,8 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     """
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    adapter = build_student(cfg.student, cfg.model, n_targets=len(cfg.targets)).to(device)
+    adapter = build_student(cfg.student, cfg.model, n_targets=len(cfg.targets),
+                            extra_atom_features=prep.injected.dim if prep.injected is not None else 0).to(device)
     distill = None
     if prep.embeddings is not None:
         distill = DistillationLoss(adapter.embedding_dim, prep.embeddings.dim, adapter.graph_embedding_dim,
@@ -245,7 +262,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step")
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s:s + cfg.batch_size].tolist()
-            batch = adapter.to_device(adapter.collate([prep.graphs[i] for i in idx]), device)
+            batch = adapter.to_device(collate_indices(adapter, prep.graphs, idx, prep.injected), device)
             target = y_norm[idx].to(device)
             o = adapter(batch)
             pred = o.prediction.reshape(len(idx), -1)
@@ -274,7 +291,8 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
         if bar is not None:
             bar.close()
         n = len(order)
-        val_pred = predict_indices(adapter, prep.graphs, prep.splits["val"].tolist(), cfg.eval_batch_size, device)
+        val_pred = predict_indices(adapter, prep.graphs, prep.splits["val"].tolist(), cfg.eval_batch_size, device,
+                                   prep.injected)
         val_mae = _mae(val_pred * prep.normalizer.std + prep.normalizer.mean, prep.y[prep.splits["val"]])
         train_mae = _mae(np.concatenate(train_pred), np.concatenate(train_true))
         elapsed += time.perf_counter() - t0
@@ -310,6 +328,8 @@ def _run_extras(cfg: TrainConfig, prep: Prepared, epoch: int, val_mae: float) ->
         "val_mae": val_mae,
         "teacher_fingerprint": prep.teacher.fingerprint if prep.teacher is not None else None,
         "featurizer_fingerprint": prep.featurizer_fingerprint,
+        "inject": ({"teacher": str(cfg.teacher), "teacher_fingerprint": prep.teacher.fingerprint,
+                    "layers": list(cfg.distill.inject_layers)} if prep.injected is not None else None),
         "train_config": to_dict(cfg),
     }
 
@@ -378,7 +398,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
         "test_mae": None, "test_mae_per_target": None,
     }
     if test_idx:
-        pred = predict_indices(best, prep.graphs, test_idx, cfg.eval_batch_size, device)
+        pred = predict_indices(best, prep.graphs, test_idx, cfg.eval_batch_size, device, prep.injected)
         pred = pred * prep.normalizer.std + prep.normalizer.mean
         true = prep.y[test_idx]
         summary["test_mae"] = _mae(pred, true)
