@@ -136,3 +136,54 @@ def check_compatible(teacher: Teacher, settings: GraphSettings, source: str = "d
             f"{teacher.path}: teacher was made with another featuriser ({detail}); build the data with the "
             "teacher's graph settings or use a matching teacher"
         )
+
+
+HEADS_KIND = "crysdistill-teacher-heads"
+
+
+def heads_path(teacher_path: str | os.PathLike) -> Path:
+    """The heads file that goes with a teacher: ``teacher.pt`` → ``teacher.heads.pt``."""
+    p = Path(teacher_path)
+    return p.with_name(p.name[:-3] + ".heads.pt" if p.name.endswith(".pt") else p.name + ".heads.pt")
+
+
+def save_heads(path: str | os.PathLike, teacher_fingerprint: str, tasks: dict, heads: dict,
+               train_stats: dict) -> None:
+    """Write the pretext heads of a teacher (for ``crysdistill teacher eval``) atomically.
+
+    Args:
+        path: output file (see :func:`heads_path`).
+        teacher_fingerprint: fingerprint of the teacher these heads were trained with.
+        tasks: ``{name: {"weight": …, "options": {…}}}``.
+        heads: ``{name: state_dict}`` of every task.
+        train_stats: tensors measured on the training split (crystal-system centroids, label
+            histograms for majority baselines), see :func:`crysdistill.teacher.evaluate.training_statistics`.
+    """
+    atomic_save({
+        "kind": HEADS_KIND,
+        "format": FORMAT,
+        "teacher_fingerprint": teacher_fingerprint,
+        "tasks": tasks,
+        "heads": heads,
+        "train_stats": train_stats,
+        "versions": versions(),
+    }, path)
+
+
+def load_heads(teacher: Teacher, path: str | os.PathLike | None = None) -> dict:
+    """Load the pretext heads of ``teacher`` (default: the file next to it).
+
+    Raises:
+        CheckpointError: missing file, not a heads file, or heads of another teacher.
+    """
+    p = Path(path) if path is not None else heads_path(teacher.path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: the pretext heads of {teacher.path} are missing; 'teacher eval' needs the "
+                              ".heads.pt file written next to teacher.pt by 'crysdistill pretrain'")
+    ckpt = load_checkpoint(p)
+    if ckpt.get("kind") != HEADS_KIND:
+        raise CheckpointError(f"{p}: is a {ckpt.get('kind')!r} checkpoint, not teacher heads")
+    if ckpt.get("teacher_fingerprint") != teacher.fingerprint:
+        raise CheckpointError(f"{p}: these heads belong to teacher {ckpt.get('teacher_fingerprint')}, not to "
+                              f"{teacher.path} ({teacher.fingerprint}); keep teacher.pt and its .heads.pt together")
+    return ckpt

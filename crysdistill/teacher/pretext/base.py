@@ -12,6 +12,7 @@ so that edge lengths can be recomputed from displaced atoms.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from crysdistill.config import _suggest
 from crysdistill.data.graph import GraphSettings
 from crysdistill.errors import ConfigError
 from crysdistill.plugins import PRETEXT_GROUP, load_plugin
@@ -82,6 +82,11 @@ class PretextTask(nn.Module):
         return float(counts.get("correct", 0.0)) / total if total > 0 else float("nan")
 
 
+def _nearest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid)) or 'none'}"
+
+
 def task_options(cls: type[PretextTask]) -> dict[str, Any]:
     """The options a task class accepts, with their defaults (its keyword-only arguments)."""
     sig = inspect.signature(cls.__init__)
@@ -103,12 +108,12 @@ def build_task(name: str, width: int, settings: GraphSettings, spec: Mapping[str
     unknown = set(spec) - {"weight", "options"}
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"tasks.{name}: unknown entry {key!r}{_suggest(key, ['weight', 'options'])}")
+        raise ConfigError(f"tasks.{name}: unknown entry {key!r}{_nearest(key, ['weight', 'options'])}")
     options = dict(spec.get("options") or {})
     valid = task_options(cls)
     for key in options:
         if key not in valid:
-            hint = _suggest(key, list(valid)) if valid else "; this task takes no options"
+            hint = _nearest(key, list(valid)) if valid else "; this task takes no options"
             raise ConfigError(f"tasks.{name}.options: unknown option {key!r}{hint}")
     if cls.needs_symmetry and not settings.symmetry:
         raise ConfigError(f"pretext task {name!r} needs symmetry labels; set graph.symmetry=true")

@@ -1,0 +1,192 @@
+"""``crysdistill pretrain``, ``crysdistill teacher info|eval`` and ``crysdistill embed``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from crysdistill.cli.common import add_data_args, resolve_data
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a CrysGNN teacher on unlabelled crystals (torchrun for data parallel)")
+    add_data_args(p)
+    p.set_defaults(on_error="skip")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (teacher.pt, last.pt, metrics.csv, …)")
+    p.add_argument("-c", "--config", default=None, metavar="YAML", help="pretraining config (e.g. configs/pretrain.yaml)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides the config)")
+    p.add_argument("--seed", type=int, default=None, help="seed of split, initial weights and sampling")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.001")
+    p.set_defaults(func=cmd_pretrain)
+
+    t = sub.add_parser("teacher", help="describe or evaluate a teacher checkpoint")
+    tsub = t.add_subparsers(dest="teacher_command", metavar="ACTION", required=True)
+    info = tsub.add_parser("info", help="print what a teacher checkpoint holds")
+    info.add_argument("teacher", help="teacher.pt, or 'default' for the shipped teacher")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=cmd_info)
+    ev = tsub.add_parser("eval", help="pretext accuracies (space group, crystal system, connectivity, features) on a dataset")
+    ev.add_argument("teacher", help="teacher.pt (with its teacher.heads.pt), or 'default'")
+    add_data_args(ev)
+    ev.set_defaults(on_error="skip")
+    ev.add_argument("--heads", default=None, metavar="PATH", help="heads file (default: next to the teacher)")
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("overrides", nargs="*", metavar="graph.KEY=VALUE",
+                    help="graph settings of the data, if not the teacher's (refused when they differ)")
+    ev.set_defaults(func=cmd_eval)
+
+    e = sub.add_parser("embed", help="per-structure and per-atom teacher embeddings of a dataset → .npz")
+    e.add_argument("--teacher", default="default", help="teacher.pt or 'default' (the shipped teacher)")
+    add_data_args(e)
+    e.add_argument("-o", "--output", required=True, metavar="NPZ", help="output file (.npz)")
+    e.add_argument("--layers", default=None, metavar="LIST",
+                   help="comma-separated layers to concatenate (0 = input embedding; default: the last)")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("overrides", nargs="*", metavar="graph.KEY=VALUE",
+                   help="graph settings of the data, if not the teacher's (refused when they differ)")
+    e.set_defaults(func=cmd_embed)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from crysdistill.teacher.pretrain import load_pretrain_config, pretrain
+
+    extra = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    config = load_pretrain_config(args.config, args.overrides, extra)
+    row = pretrain(config, resolve_data(args.data), args.out, resume=args.resume, cache_dir=args.cache_dir,
+                   workers=args.workers, on_error=args.on_error, limit=args.limit, build_progress=_log_records)
+    if row:
+        print(f"teacher written to {args.out}/teacher.pt (last epoch {row['epoch']}: validation loss {row['val_loss']:.4f})")
+    return 0
+
+
+def _log_records(done: int) -> None:
+    import logging
+
+    logging.getLogger("crysdistill").info("graphs: %d records read and cached", done)
+
+
+def _graph_settings(teacher, overrides: list[str]):
+    from crysdistill.config import parse_overrides
+    from crysdistill.data.graph import GraphSettings
+    from crysdistill.errors import ConfigError
+    from crysdistill.teacher.checkpoint import check_compatible
+
+    data = parse_overrides(overrides)
+    unknown = set(data) - {"graph"}
+    if unknown:
+        raise ConfigError(f"only graph.KEY=VALUE overrides are accepted here, not {sorted(unknown)[0]!r}")
+    if not data:
+        return teacher.graph_settings
+    settings = GraphSettings.from_dict({**teacher.graph_settings.to_dict(), **data["graph"]})
+    check_compatible(teacher, settings, source="data")
+    return settings
+
+
+def _graphs(args: argparse.Namespace, settings):
+    from crysdistill.cli.common import report_problems
+    from crysdistill.teacher.data import stream_graphs
+
+    graphs = stream_graphs(resolve_data(args.data), settings, args.cache_dir, workers=args.workers,
+                           on_error=args.on_error, limit=args.limit, progress=_log_records if not args.json else None)
+    report_problems(graphs.problems)
+    return graphs
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from crysdistill.teacher.checkpoint import heads_path, load_teacher
+
+    teacher = load_teacher(args.teacher)
+    meta = teacher.meta
+    n_params = sum(p.numel() for p in teacher.encoder.parameters())
+    heads = heads_path(teacher.path)
+    desc = {
+        "path": teacher.path,
+        "fingerprint": teacher.fingerprint,
+        "encoder": meta.get("encoder_config"),
+        "parameters": n_params,
+        "graph_settings": teacher.graph_settings.to_dict(),
+        "featurizer_fingerprint": meta.get("featurizer_fingerprint"),
+        "tasks": meta.get("tasks"),
+        "validation_metrics": meta.get("metrics"),
+        "epoch": meta.get("epoch"),
+        "n_train": meta.get("n_train"),
+        "n_val": meta.get("n_val"),
+        "data": meta.get("data"),
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "heads": str(heads) if heads.is_file() else None,
+        "versions": meta.get("versions"),
+    }
+    if args.json:
+        print(json.dumps(desc, indent=1))
+        return 0
+    enc = desc["encoder"] or {}
+    print(f"teacher      {teacher.path}")
+    print(f"fingerprint  {teacher.fingerprint}")
+    print(f"encoder      CrysGNN {enc.get('layers')} × {enc.get('width')} ({n_params:,} parameters; "
+          f"{enc.get('atom_features')} atom features, {enc.get('edge_features')} edge features)")
+    g = desc["graph_settings"]
+    print(f"graph        cutoff {g['cutoff']} Å, ≤{g['max_neighbors']} neighbours, Gaussian step {g['gaussian_step']} Å, "
+          f"atom features '{g['atom_features']}', symprec {g['symprec']} (featuriser {desc['featurizer_fingerprint']})")
+    tasks = desc["tasks"] or {}
+    print("tasks        " + (", ".join(f"{n} (weight {s.get('weight')})" for n, s in tasks.items()) or "none recorded"))
+    if desc["epoch"] is not None:
+        print(f"trained      {desc['epoch']} epoch(s) on {desc['n_train']} structures ({desc['n_val']} held out) "
+              f"from {desc['data']} (data {desc['data_fingerprint']})")
+    metrics = desc["validation_metrics"] or {}
+    if metrics:
+        print("validation   " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))))
+    print(f"heads        {desc['heads'] or 'none (teacher eval unavailable)'}")
+    versions = desc["versions"] or {}
+    print("versions     " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from crysdistill.teacher.checkpoint import load_heads, load_teacher
+    from crysdistill.teacher.evaluate import evaluate_teacher
+
+    teacher = load_teacher(args.teacher)
+    heads = load_heads(teacher, args.heads)
+    graphs = _graphs(args, _graph_settings(teacher, args.overrides))
+    res = evaluate_teacher(teacher, heads, graphs, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{res['n_structures']} structures ({res['n_unknown_symmetry']} without a space group)")
+    rows = [("space group top-1", "space_group_top1"), ("space group top-5", "space_group_top5"),
+            ("crystal system (nearest centroid)", "crystal_system_accuracy"),
+            ("connectivity", "connectivity_accuracy"), ("feature reconstruction", "feature_accuracy")]
+    rows += [(k[:-len("_accuracy")].replace("_", " "), k) for k in res
+             if k.endswith("_accuracy") and not k.startswith("baseline_") and k not in dict(rows).values()]
+    print(f"{'accuracy':<36}{'teacher':>10}{'majority':>10}")
+    for label, key in rows:
+        v, b = res.get(key), res.get(f"baseline_{key}")
+        print(f"{label:<36}{'—' if v is None else f'{v:.4f}':>10}{'—' if b is None else f'{b:.4f}':>10}")
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from crysdistill.errors import UserError
+    from crysdistill.teacher.checkpoint import load_teacher
+    from crysdistill.teacher.evaluate import embed
+
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(v) for v in args.layers.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--layers must be comma-separated integers (e.g. 0,1,2), not {args.layers!r}") from None
+    teacher = load_teacher(args.teacher)
+    graphs = _graphs(args, _graph_settings(teacher, args.overrides))
+    arrays = embed(teacher, graphs, layers, batch_size=args.batch_size)
+    out = args.output if args.output.endswith(".npz") else args.output + ".npz"
+    np.savez(out, teacher_fingerprint=np.asarray(teacher.fingerprint), **arrays)
+    print(f"{out}: {len(arrays['ids'])} structures, {arrays['node'].shape[0]} atoms, "
+          f"{arrays['graph'].shape[1]} features (layers {','.join(map(str, arrays['layers']))})")
+    return 0

@@ -1,0 +1,136 @@
+"""Graphs of a dataset for the teacher, built into the on-disk cache without holding the corpus.
+
+Records are read and featurised in chunks: only the cache keys and ids of the structures stay in
+memory, so the memory of pretraining does not grow with the size of the corpus. A second pass
+over the same data finds every graph in the cache and does no neighbour search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from crysdistill.data.cache import GraphSet, GraphStore, build_graphs, default_cache_dir
+from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
+from crysdistill.data.readers import _iter_raw
+from crysdistill.data.records import Problem, Record, check_structure
+from crysdistill.errors import RecordError, UserError
+
+
+def iter_records(source: str, on_error: str = "raise", limit: int | None = None,
+                 problems: list[Problem] | None = None) -> Iterator[Record]:
+    """Records of ``source`` one at a time, checked as :func:`crysdistill.data.read_dataset` does.
+
+    Args:
+        source: dataset path (any format of :mod:`crysdistill.data.readers`).
+        on_error: ``"raise"`` or ``"skip"`` (bad records are appended to ``problems``).
+        limit: stop after this many usable records.
+        problems: list collecting skipped records.
+
+    Raises:
+        RecordError: a bad record with ``on_error="raise"``.
+    """
+    seen: set[str] = set()
+    n = 0
+    for item in _iter_raw(source):
+        if limit is not None and n >= limit:
+            return
+        try:
+            if isinstance(item, Problem):
+                raise RecordError(item.record, item.reason)
+            check_structure(item.structure, item.name)
+            if item.id in seen:
+                raise RecordError(item.name, f"duplicate id {item.id!r}", "ids must be unique within a dataset")
+        except RecordError as exc:
+            if on_error == "raise":
+                raise
+            if problems is not None:
+                problems.append(Problem(exc.record, exc.reason))
+            continue
+        seen.add(item.id)
+        n += 1
+        yield item
+
+
+def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.PathLike | None = None,
+                  workers: int = 2, on_error: str = "raise", limit: int | None = None, chunk: int = 4096,
+                  progress: Callable[[int], None] | None = None) -> GraphSet:
+    """Featurise ``source`` into the graph cache chunk by chunk and return its lazy graph set.
+
+    Args:
+        source: dataset path.
+        settings: graph settings (the teacher's).
+        cache_dir: graph cache folder (default :func:`crysdistill.data.default_cache_dir`).
+        workers: processes for building graphs that are not cached yet.
+        on_error: ``"raise"`` or ``"skip"`` for bad records and structures that cannot be featurised.
+        limit: use only the first ``limit`` usable records.
+        chunk: records read and featurised at a time (bounds memory).
+        progress: called with the number of records done after each chunk.
+
+    Raises:
+        UserError: no usable structure, or a bad record with ``on_error="raise"``.
+    """
+    if on_error not in ("raise", "skip"):
+        raise UserError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    featurizer = CrystalGraphFeaturizer(settings)
+    cache_dir = cache_dir or default_cache_dir()
+    keys: list[str] = []
+    ids: list[str] = []
+    labels: list[dict] = []
+    problems: list[Problem] = []
+    n_built = 0
+    buffer: list[Record] = []
+
+    def flush() -> None:
+        nonlocal n_built
+        try:
+            part = build_graphs(buffer, featurizer, cache_dir, workers=workers, on_error=on_error)
+        except RecordError:
+            raise
+        except UserError as exc:  # every record of this chunk failed; keep going with the others
+            problems.extend(Problem(r.name, str(exc)) for r in buffer)
+        else:
+            keys.extend(part.keys)
+            ids.extend(part.ids)
+            labels.extend(part.labels)
+            problems.extend(part.problems)
+            n_built += part.n_built
+        buffer.clear()
+        if progress is not None:
+            progress(len(keys) + len(problems))
+
+    for record in iter_records(source, on_error, limit, problems):
+        buffer.append(record)
+        if len(buffer) >= chunk:
+            flush()
+    if buffer:
+        flush()
+    if not keys:
+        detail = f": {problems[0].record}: {problems[0].reason}" if problems else ""
+        raise UserError(f"{source}: no usable structure ({len(problems)} skipped){detail}")
+    return GraphSet(GraphStore(cache_dir, featurizer), keys, ids, labels, problems, n_built)
+
+
+def data_fingerprint(graphs: GraphSet) -> str:
+    """Hash of the graphs' cache keys in order and of the featuriser: identifies the training data."""
+    h = hashlib.sha256(graphs.store.path.name.encode())
+    for k in graphs.keys:
+        h.update(k.encode())
+    return h.hexdigest()[:16]
+
+
+class GraphDataset(torch.utils.data.Dataset):
+    """A :class:`GraphSet` as a torch dataset: item ``i`` is graph ``i``'s arrays, read lazily."""
+
+    def __init__(self, graphs: GraphSet) -> None:
+        self.graphs = graphs
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return self.graphs[int(i)]
