@@ -127,7 +127,10 @@ class AugmentedGraphAttention(nn.Module):
     def __init__(self, width: int, edge_dim: int, heads: int = 4) -> None:
         super().__init__()
         self.width, self.heads = width, heads
-        self.lin = nn.Linear(width + edge_dim, heads * width, bias=False)
+        # W^k split into its node and edge blocks: [x ‖ e] W = x W_x + e W_e (one matmul per node,
+        # one per edge, instead of two per edge)
+        self.lin_node = nn.Linear(width, heads * width, bias=False)
+        self.lin_edge = nn.Linear(edge_dim, heads * width, bias=False)
         self.att = nn.Parameter(torch.empty(1, heads, 2 * width))
         self.bn = nn.BatchNorm1d(heads)
         self.bias = nn.Parameter(torch.zeros(width))
@@ -136,12 +139,14 @@ class AugmentedGraphAttention(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         j, i = edge_index
         n, k, d = x.shape[0], self.heads, self.width
-        h_i = F.softplus(self.lin(torch.cat([x[i], edge_attr], dim=-1))).view(-1, k, d)
-        h_j = F.softplus(self.lin(torch.cat([x[j], edge_attr], dim=-1))).view(-1, k, d)
-        logits = (torch.cat([h_i, h_j], dim=-1) * self.att).sum(-1)  # (E, K)
+        xw = self.lin_node(x).view(n, k, d)
+        ew = self.lin_edge(edge_attr).view(-1, k, d)
+        h_i = F.softplus(xw[i] + ew)  # (E, K, D)
+        h_j = F.softplus(xw[j] + ew)
+        logits = (h_i * self.att[..., :d]).sum(-1) + (h_j * self.att[..., d:]).sum(-1)  # (E, K)
         alpha = softmax(F.softplus(self.bn(logits)), i, num_nodes=n)  # (E, K), sums to 1 per centre
-        out = scatter(h_j * alpha.unsqueeze(-1), i, dim=0, dim_size=n, reduce="sum")  # (N, K, D)
-        return out.mean(dim=1) + self.bias
+        msg = (h_j * alpha.unsqueeze(-1)).mean(dim=1)  # heads averaged before the (linear) sum
+        return scatter(msg, i, dim=0, dim_size=n, reduce="sum") + self.bias
 
 
 def composition_vector(z: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:

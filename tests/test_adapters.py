@@ -125,7 +125,7 @@ def test_deepergatgnn_with_20_layers_builds_runs_and_trains() -> None:
     out.prediction.sum().backward()
     # the residual stream carries the gradient through all 20 layers to the first ones
     assert adapter.node_embedding.weight.grad.abs().sum() > 0
-    assert adapter.convs[0].lin.weight.grad.abs().sum() > 0
+    assert adapter.convs[0].lin_node.weight.grad.abs().sum() > 0
 
 
 # ---- ALIGNN ------------------------------------------------------------------------------------
