@@ -144,6 +144,35 @@ def test_coordinates_outside_the_cell(triclinic):
                                np.sort(CrystalGraphFeaturizer(FAST).featurize(triclinic)["distance"]), atol=1e-5)
 
 
+def full_sort_reference(lattice: np.ndarray, cart: np.ndarray, cutoff: float, k: int) -> tuple:
+    """The plain algorithm: all pairs within the cutoff, stably sorted by (centre, distance), first k."""
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    c, n, im, d = find_points_in_spheres(cart, cart, r=cutoff, pbc=np.ones(3, dtype=np.int64), lattice=lattice,
+                                         tol=1e-8)
+    keep = ~((c == n) & (d <= 1e-8))
+    c, n, im, d = c[keep], n[keep], im[keep], d[keep]
+    order = np.lexsort((d, c))
+    c, n, im, d = c[order], n[order], im[order], d[order]
+    rank = np.concatenate([np.arange(x) for x in np.bincount(c, minlength=len(cart))]).astype(int)
+    sel = rank < k
+    return c[sel], n[sel], im[sel], d[sel]
+
+
+def test_neighbor_list_equals_full_sort_exactly(small_structures):
+    """The partition shortcut must not change a single edge, ties included."""
+    mixed = Structure(Lattice.cubic(9.0), ["Cu"] * 5, [[0, 0, 0], [0.25, 0, 0], [0, 0.25, 0], [0, 0, 0.25],
+                                                       [0.6, 0.6, 0.6]])  # some atoms with < 12 neighbours
+    for s in [*small_structures, mixed]:
+        lattice = np.ascontiguousarray(s.lattice.matrix)
+        cart = np.ascontiguousarray(s.cart_coords)
+        for cutoff, k in ((8.0, 12), (3.0, 12), (8.0, 1), (5.0, 40), (2.4, 3)):
+            ours = neighbor_list(lattice, cart, cutoff, k)
+            ref = full_sort_reference(lattice, cart, cutoff, k)
+            for a, b in zip(ours, ref):
+                np.testing.assert_array_equal(a, b)
+
+
 def test_neighbor_list_settings(nacl):
     lattice, cart = nacl.lattice.matrix, nacl.cart_coords
     c, n, im, d = neighbor_list(lattice, cart, 8.0, 6)
