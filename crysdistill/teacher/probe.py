@@ -447,6 +447,7 @@ def probe_teacher(
     workers: int = 1,
     on_error: str = "raise",
     limit: int | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Measure what a teacher's embeddings carry beyond the element.
 
@@ -464,6 +465,7 @@ def probe_teacher(
         workers: graph-building processes.
         on_error: ``"raise"`` or ``"skip"`` for bad records.
         limit: read at most this many records from a path.
+        source: name of the data in messages and in the result (default: the path, if ``data`` is one).
 
     Returns:
         A JSON-able dict: ``teacher``, ``fingerprint``, ``encoder``, ``layers``, ``n_structures``,
@@ -479,7 +481,8 @@ def probe_teacher(
     """
     t0 = time.perf_counter()
     ks = check_layers(teacher, layers)
-    source = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
+    if source is None:
+        source = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
     graphs = teacher_graphs(teacher, data, cache_dir=cache_dir, workers=workers, on_error=on_error, limit=limit)
     if target is not None:
         lab_idx, y = labelled(graphs, target, minimum=MIN_LABELLED, source=source)

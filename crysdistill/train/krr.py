@@ -79,6 +79,7 @@ class KRRResult:
         fit_seconds: the hyperparameter search and final fit.
         teacher: teacher path and fingerprint (``None`` for composition features).
         n_skipped: records skipped as unreadable or without the label.
+        data: the dataset.
         grid: validation MAE of every grid point ``{"kernel", "alpha", "gamma", "val_mae"}``.
     """
 
@@ -101,6 +102,7 @@ class KRRResult:
     fit_seconds: float
     teacher: str | None = None
     n_skipped: int = 0
+    data: str = ""
     grid: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +139,7 @@ def median_gamma(kind: str, x: np.ndarray, max_rows: int = 2000, seed: int = 0) 
     return 1.0 / med
 
 
-def fit_krr(x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray], kernels: Sequence[str] = ("rbf",),
+def fit_krr(x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray], kernels: Sequence[str] = KERNELS,
             alphas: Sequence[float] = DEFAULT_ALPHAS, gamma_scales: Sequence[float] = DEFAULT_GAMMA_SCALES,
             seed: int = 0) -> dict[str, Any]:
     """Kernel ridge regression with kernel, ``alpha`` and ``gamma`` chosen on the validation split.
@@ -235,6 +237,7 @@ def run_krr(
     workers: int = 1,
     on_error: str = "raise",
     limit: int | None = None,
+    source: str | None = None,
 ) -> KRRResult:
     """Kernel ridge regression of ``target`` from averaged teacher embeddings (or composition).
 
@@ -258,6 +261,7 @@ def run_krr(
         workers: graph-building processes.
         on_error: ``"raise"`` or ``"skip"`` for bad records.
         limit: read at most this many records from a path.
+        source: name of the data in messages and in the result (default: the path, if ``data`` is one).
 
     Raises:
         UserError: unknown target (the message lists the labels), a layer out of range, too few
@@ -265,7 +269,8 @@ def run_krr(
     """
     t0 = time.perf_counter()
     ks = check_layers(teacher, layers) if features != "composition" else []
-    source = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
+    if source is None:
+        source = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
     graphs = teacher_graphs(teacher, data, cache_dir=cache_dir, workers=workers, on_error=on_error, limit=limit)
     lab_idx, y = labelled(graphs, target, minimum=MIN_LABELLED, source=source)
     splits = make_splits(len(lab_idx), train_size, val_size, test_size, seed)
@@ -297,7 +302,7 @@ def run_krr(
         test_mae=metrics["mae"], test_r2=metrics["r2"], mean_test_mae=mean_mae, seed=seed, dim=int(x.shape[1]),
         seconds=time.perf_counter() - t0, fit_seconds=fit_seconds,
         teacher=None if features == "composition" else f"{teacher.path} ({teacher.fingerprint})",
-        n_skipped=len(graphs.problems) + len(graphs) - len(lab_idx), grid=fit["grid"],
+        n_skipped=len(graphs.problems) + len(graphs) - len(lab_idx), data=source, grid=fit["grid"],
     )
 
 
