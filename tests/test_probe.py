@@ -53,7 +53,7 @@ def graphs(teacher: Teacher, sample_path: Path):
 
 @pytest.fixture(scope="module")
 def result(teacher: Teacher, graphs) -> dict:
-    return probe_teacher(teacher, graphs, target=TARGET, seed=0)
+    return probe_teacher(teacher, graphs, target=TARGET, seed=0, n_untrained=2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,16 +126,20 @@ def test_probe_against_baselines(result: dict) -> None:
     # plain composition features carry formation energy
     assert rows["composition"]["mae"] < 0.7 * rows["mean"]["mae"]
     assert rows["composition"]["r2"] > 0.5
+    twins = probe["untrained_twins"]
+    assert [t["seed"] for t in twins] == [0, 1]
+    assert twins[0]["mae"] == rows["untrained"]["mae"] and twins[1]["mae"] != twins[0]["mae"]
     assert isinstance(result["beats_untrained"], bool)
-    assert result["beats_untrained"] == (rows["teacher"]["mae"] < rows["untrained"]["mae"])
+    assert result["beats_untrained"] == all(rows["teacher"]["mae"] < t["mae"] for t in twins)
     assert [r["layer"] for r in probe["per_layer"]["teacher"]] == [0, 1, 2]
     text = format_probe(result)
-    assert "element R²" in text and "training mean" in text and "untrained twin" in text
+    assert "element R²" in text and "training mean" in text and "untrained twin (seed 0)" in text
+    assert "2 untrained twins (seeds 0…1)" in text
     json.dumps(result)  # JSON-able
 
 
 def test_probe_is_reproducible_and_uses_the_cache(teacher: Teacher, graphs, result: dict) -> None:
-    again = probe_teacher(teacher, graphs, target=TARGET, seed=0)
+    again = probe_teacher(teacher, graphs, target=TARGET, seed=0, n_untrained=2)
     assert again["probe"]["rows"] == result["probe"]["rows"]
     assert again["embedding"] == result["embedding"]
 
@@ -151,7 +155,7 @@ def test_untrained_twin(teacher: Teacher) -> None:
 
 
 def test_statistics_only_without_target(teacher: Teacher, graphs) -> None:
-    res = probe_teacher(teacher, graphs, layers=[-1], compare_untrained=False)
+    res = probe_teacher(teacher, graphs, layers=[-1], n_untrained=0)
     assert res["probe"] is None and res["beats_untrained"] is None
     assert [r["layer"] for r in res["embedding"]["teacher"]] == [2]
     assert "ridge probe" not in format_probe(res)

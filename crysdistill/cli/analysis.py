@@ -35,6 +35,8 @@ def add_probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default=None, metavar="LIST",
                    help="comma-separated layers to analyse and probe (0 = input embedding; default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the untrained twin and the sampling")
+    p.add_argument("--untrained", type=int, default=1, metavar="N",
+                   help="untrained twins to compare with (seeds seed…seed+N-1; default 1, 0 = none)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of labelled structures held out (0.2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_probe)
@@ -74,7 +76,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
                             on_error=args.on_error, limit=args.limit)
     report_problems(graphs.problems)
     res = probe_teacher(teacher, graphs, target=args.target, layers=layers, cache_dir=args.cache_dir,
-                        seed=args.seed, test_fraction=args.test_fraction, source=resolve_data(args.data))
+                        seed=args.seed, test_fraction=args.test_fraction, n_untrained=args.untrained,
+                        source=resolve_data(args.data))
     print(json.dumps(_nan_to_none(res), indent=1) if args.json else format_probe(res))
     return 0
 

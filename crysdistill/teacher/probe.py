@@ -443,7 +443,7 @@ def probe_teacher(
     test_fraction: float = 0.2,
     max_stat_structures: int = 5000,
     n_pairs: int = 20000,
-    compare_untrained: bool = True,
+    n_untrained: int = 1,
     workers: int = 1,
     on_error: str = "raise",
     limit: int | None = None,
@@ -457,11 +457,13 @@ def probe_teacher(
         target: label to probe (``None``: embedding statistics only).
         layers: layers to analyse and, concatenated, to probe (default: every layer ``0…L``).
         cache_dir: graph and embedding cache folder.
-        seed: seed of the train/test split, of the untrained twin's weights and of the sampling.
+        seed: seed of the train/test split, of the (first) untrained twin's weights and of the sampling.
         test_fraction: share of the labelled structures held out for the probe's test.
         max_stat_structures: embedding statistics use at most this many structures (seeded subset).
         n_pairs: atom pairs sampled for the mean cosine similarity.
-        compare_untrained: also measure the untrained twin (needed for ``beats_untrained``).
+        n_untrained: untrained twins probed, seeded ``seed, seed + 1, …`` (0: none). Their probe
+            MAEs spread widely from seed to seed, so use several to judge a teacher; embedding
+            statistics and per-layer probes are reported for the first.
         workers: graph-building processes.
         on_error: ``"raise"`` or ``"skip"`` for bad records.
         limit: read at most this many records from a path.
@@ -472,8 +474,10 @@ def probe_teacher(
         ``n_atoms`` and ``n_elements`` (of the statistics subset), ``embedding`` (``{"teacher":
         [...], "untrained": [...]}`` per-layer ``element_r2`` and ``mean_cosine``), ``probe``
         (``None`` without a target; else ``target``, ``n_labelled``, ``n_fit``, ``n_test``,
-        ``rows`` with ``mae``/``r2`` of ``teacher``, ``untrained``, ``composition``, ``mean``,
-        and ``per_layer``), ``beats_untrained`` (``None`` without a target) and ``seconds``.
+        ``rows`` with ``mae``/``r2`` of ``teacher``, ``untrained`` (first twin), ``composition``,
+        ``mean``, ``untrained_twins`` (``{"seed", "mae", "r2", "alpha"}`` of every twin) and
+        ``per_layer``), ``beats_untrained`` (the teacher's probe MAE is lower than every twin's;
+        ``None`` without a target or twins) and ``seconds``.
 
     Raises:
         UserError: unknown target (the message lists the labels), a layer out of range, fewer
@@ -494,7 +498,7 @@ def probe_teacher(
     z_stat = np.concatenate([numbers[i] for i in stat_pos])
 
     models = {"teacher": teacher}
-    if compare_untrained:
+    if n_untrained > 0:
         models["untrained"] = untrained_twin(teacher, seed)
     embedding, graph_features = {}, {}
     for name, model in models.items():
@@ -502,6 +506,7 @@ def probe_teacher(
         embedding[name] = layer_statistics(emb["node"], z_stat, ks, width, n_pairs, seed)
         graph_features[name] = emb["graph"]
         log.debug("probe: %s embedded in %.1f s", name, time.perf_counter() - t0)
+    twin_seeds = [seed + k for k in range(max(0, n_untrained))]
 
     result: dict[str, Any] = {
         "teacher": teacher.path, "fingerprint": teacher.fingerprint, "encoder": teacher.encoder.config.to_dict(),
@@ -521,11 +526,20 @@ def probe_teacher(
         rows["composition"] = ridge_probe(composition_features([numbers[i] for i in lab_idx],
                                                                teacher.graph_settings.atom_features), y, fit, test, seed)
         rows["mean"] = mean_baseline(y, fit, test)
+        twins = []
+        for s in twin_seeds:
+            if s == seed:
+                row = rows["untrained"]
+            else:
+                x = structure_embeddings(untrained_twin(teacher, s), graphs, ks, indices=lab_idx.tolist(),
+                                         cache_dir=cache_dir)["graph"]
+                row = ridge_probe(x, y, fit, test, seed)
+            twins.append({"seed": s, "mae": row["mae"], "r2": row["r2"], "alpha": row["alpha"]})
         result["probe"] = {"target": target, "n_labelled": int(len(lab_idx)), "n_fit": int(len(fit)),
                            "n_test": int(len(test)), "test_fraction": test_fraction, "rows": rows,
-                           "per_layer": per_layer}
-        if "untrained" in rows:
-            result["beats_untrained"] = bool(rows["teacher"]["mae"] < rows["untrained"]["mae"])
+                           "untrained_twins": twins, "per_layer": per_layer}
+        if twins:
+            result["beats_untrained"] = bool(all(rows["teacher"]["mae"] < t["mae"] for t in twins))
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -563,7 +577,7 @@ def format_probe(result: dict[str, Any]) -> str:
         lines.append(f"ridge probe of {probe['target']}: {probe['n_fit']} structures to fit, {probe['n_test']} to test "
                      f"(seed {result['seed']}), layers {','.join(map(str, result['layers']))} averaged over atoms")
         lines.append(f"{'features':<28}{'test MAE':>10}{'test R²':>10}{'alpha':>10}")
-        names = {"teacher": "teacher", "untrained": "untrained twin", "composition": "composition",
+        names = {"teacher": "teacher", "untrained": f"untrained twin (seed {result['seed']})", "composition": "composition",
                  "mean": "training mean"}
         for key, label in names.items():
             row = probe["rows"].get(key)
@@ -574,8 +588,14 @@ def format_probe(result: dict[str, Any]) -> str:
             for row in probe["per_layer"].get(key, []):
                 lines.append(f"{label + ', layer ' + str(row['layer']):<28}{_f(row['mae']):>10}{_f(row['r2']):>10}"
                              f"{_f(row['alpha'], '.3g'):>10}")
+        twins = probe.get("untrained_twins", [])
+        if len(twins) > 1:
+            maes = np.array([t["mae"] for t in twins])
+            lines.append(f"{len(twins)} untrained twins (seeds {twins[0]['seed']}…{twins[-1]['seed']}): test MAE "
+                         f"{maes.mean():.4f} ± {maes.std(ddof=1):.4f} (min {maes.min():.4f}, max {maes.max():.4f})")
         if result.get("beats_untrained") is not None:
+            what = "its untrained twin" if len(twins) == 1 else f"every one of its {len(twins)} untrained twins"
             verdict = "beats" if result["beats_untrained"] else "does NOT beat"
-            lines.append(f"the teacher {verdict} its untrained twin on this probe")
+            lines.append(f"the teacher {verdict} {what} on this probe")
     lines.append(f"({result['seconds']:.1f} s)")
     return "\n".join(lines)
