@@ -15,6 +15,16 @@ from crysdistill.errors import ConfigError
 from crysdistill.students.registry import build_student, get_student
 from crysdistill.testing import StudentConformance, fixture_structures
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The models here are tiny: one intra-op thread is faster, above all on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SMALL_GAT = {"width": 16, "layers": 2, "heads": 2, "head_width": 16}
 
 
