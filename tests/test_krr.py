@@ -17,7 +17,16 @@ from crysdistill.errors import UserError
 from crysdistill.teacher.checkpoint import Teacher, load_teacher, save_teacher
 from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
 from crysdistill.teacher.probe import teacher_graphs
-from crysdistill.train.krr import KRRResult, fit_krr, format_krr, median_gamma, run_krr
+from crysdistill.train.krr import (
+    DEFAULT_ALPHAS,
+    DEFAULT_GAMMA_SCALES,
+    KERNELS,
+    KRRResult,
+    fit_krr,
+    format_krr,
+    median_gamma,
+    run_krr,
+)
 from crysdistill.train.splits import make_splits
 
 TARGET = "formation_energy_per_atom"
@@ -52,7 +61,7 @@ def test_fit_krr_learns_a_smooth_function() -> None:
     test_mae = np.abs(fit["pred"]["test"] - y[splits["test"]]).mean()
     mean_mae = np.abs(y[splits["test"]] - y[splits["train"]].mean()).mean()
     assert test_mae < 0.1 * mean_mae
-    assert len(fit["grid"]) == 2 * 5 * 5  # kernels × gammas × alphas
+    assert len(fit["grid"]) == len(KERNELS) * len(DEFAULT_GAMMA_SCALES) * len(DEFAULT_ALPHAS)
     best = min(fit["grid"], key=lambda g: g["val_mae"])
     assert (fit["kernel"], fit["alpha"], fit["gamma"]) == (best["kernel"], best["alpha"], best["gamma"])
 

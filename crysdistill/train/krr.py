@@ -45,7 +45,7 @@ log = logging.getLogger("crysdistill")
 FEATURES = ("teacher", "untrained", "composition")
 KERNELS = ("rbf", "laplacian")
 DEFAULT_LAYERS = (0, 1, 2)
-DEFAULT_ALPHAS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+DEFAULT_ALPHAS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 #: ``gamma`` = scale / median distance (squared Euclidean for RBF, L1 for Laplacian) on training pairs.
 DEFAULT_GAMMA_SCALES: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
 #: Fewest labelled structures accepted (one each for training, validation and test is not a result).
