@@ -23,11 +23,11 @@ package's force-field models use 3.5 Å]. Bond lengths are expanded in ``edge_in
 RBFs on 0–8 Å, angle cosines in ``triplet_input_features`` [40] on −1…1. Messages flow along
 ``src → dst``, so an atom hears from the atoms that count it among their 12 nearest.
 
-This is the pure-torch builder's convention, which differs from the DGL-era builder the paper
-used (``alignn.graphs.nearest_neighbor_edges``): that one enlarged the cutoff until every atom had
-12 neighbours and kept the whole shell of the 12th neighbour (ties included). Here the cutoff is
-strict, at most 12 bonds leave each atom (ties at the 12th broken by sort order), and an atom without any neighbour within the cutoff is a
-:class:`~crysdistill.errors.RecordError`.
+This is the pure-torch builder's convention, which differs from the DGL-era builder the paper used
+(``alignn.graphs.nearest_neighbor_edges``): that one enlarged the cutoff until every atom had 12
+neighbours and kept the whole shell of the 12th neighbour (ties included). Here the cutoff is
+strict, at most 12 bonds leave each atom (ties at the 12th broken by sort order), and an atom
+without any neighbour within the cutoff is a :class:`~crysdistill.errors.RecordError`.
 
 Sizes: the default config is the CPU size, 2 ALIGNN + 2 GCN layers of width 64 (about 2 s per
 training step of 64 structures on 2 CPU cores); the paper used 4 + 4 layers of width 256
