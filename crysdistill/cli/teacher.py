@@ -51,11 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from crysdistill.errors import UserError
     from crysdistill.teacher.pretrain import load_pretrain_config, pretrain
 
-    extra = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
-    config = load_pretrain_config(args.config, args.overrides, extra)
-    row = pretrain(config, resolve_data(args.data), args.out, resume=args.resume, cache_dir=args.cache_dir,
+    if args.resume and (args.config or args.overrides or args.seed is not None):
+        raise UserError("--resume continues the run with its stored config; only --epochs may change "
+                        "(drop -c, --seed and key=value overrides)")
+    config = None if args.resume else load_pretrain_config(
+        args.config, args.overrides, {"seed": args.seed} if args.seed is not None else None)
+    row = pretrain(config, resolve_data(args.data), args.out, resume=args.resume, epochs=args.epochs,
+                   cache_dir=args.cache_dir,
                    workers=args.workers, on_error=args.on_error, limit=args.limit, build_progress=_log_records)
     if row:
         print(f"teacher written to {args.out}/teacher.pt (last epoch {row['epoch']}: validation loss {row['val_loss']:.4f})")
@@ -90,7 +95,7 @@ def _graphs(args: argparse.Namespace, settings):
     from crysdistill.teacher.data import stream_graphs
 
     graphs = stream_graphs(resolve_data(args.data), settings, args.cache_dir, workers=args.workers,
-                           on_error=args.on_error, limit=args.limit, progress=_log_records if not args.json else None)
+                           on_error=args.on_error, limit=args.limit, progress=None if getattr(args, "json", False) else _log_records)
     report_problems(graphs.problems)
     return graphs
 

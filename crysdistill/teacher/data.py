@@ -110,8 +110,10 @@ def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.Path
     if buffer:
         flush()
     if not keys:
-        detail = f": {problems[0].record}: {problems[0].reason}" if problems else ""
-        raise UserError(f"{source}: no usable structure ({len(problems)} skipped){detail}")
+        if problems:
+            raise UserError(f"{source}: no usable structures ({len(problems)} skipped; first: "
+                            f"{problems[0].record}: {problems[0].reason})")
+        raise UserError(f"{source}: no usable structures found (empty dataset); check the path and format")
     return GraphSet(GraphStore(cache_dir, featurizer), keys, ids, labels, problems, n_built)
 
 

@@ -461,18 +461,19 @@ class Trainer:
         self.model.train()
 
 
-def pretrain(config: PretrainConfig, data: str, out_dir: str | os.PathLike, *, resume: bool = False,
-             cache_dir: str | os.PathLike | None = None, workers: int = 2, on_error: str = "skip",
+def pretrain(config: PretrainConfig | None, data: str, out_dir: str | os.PathLike, *, resume: bool = False,
+             epochs: int | None = None, cache_dir: str | os.PathLike | None = None, workers: int = 2, on_error: str = "skip",
              limit: int | None = None, progress: bool | None = None,
              build_progress: Callable[[int], None] | None = None) -> dict:
     """Pretrain a teacher; returns the last epoch's metrics row.
 
     Args:
-        config: run config (ignored in favour of the stored one with ``resume``, except ``epochs``).
+        config: run config (with ``resume``, the run's stored config is used instead).
         data: dataset path.
         out_dir: run folder (``teacher.pt``, ``teacher.heads.pt``, ``last.pt``, ``metrics.csv``,
             ``split.json``, ``config.json``).
-        resume: continue from ``out_dir/last.pt``.
+        resume: continue from ``out_dir/last.pt`` (an interrupted run loses at most one epoch).
+        epochs: with ``resume``, a new total number of epochs (the cosine schedule stretches to it).
         cache_dir: graph cache folder.
         workers: processes building graphs not yet cached.
         on_error: bad records are skipped (``"skip"``, counted) or stop the run (``"raise"``).
@@ -491,11 +492,15 @@ def pretrain(config: PretrainConfig, data: str, out_dir: str | os.PathLike, *, r
         if not state_path.is_file():
             raise UserError(f"{out}: nothing to resume (no last.pt); start a new run without --resume")
         ckpt = load_checkpoint(state_path)
-        epochs = config.epochs
         config = from_dict(PretrainConfig, ckpt.get("config", {}))
-        config.epochs = max(config.epochs, epochs)
+        if epochs is not None:
+            config.epochs = epochs
     else:
         ckpt = None
+        if config is None:
+            raise ValueError("pretrain needs a config unless it resumes a run")
+        if epochs is not None:
+            config.epochs = epochs
         if (out / "last.pt").exists():
             raise UserError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
     if config.threads:

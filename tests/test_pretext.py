@@ -1,0 +1,216 @@
+"""Pretext tasks: losses finite and decreasing on a tiny batch, exact counts, the pair sampler."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Structure
+
+from crysdistill.data.batch import collate
+from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
+from crysdistill.errors import ConfigError, UserError
+from crysdistill.teacher.encoder import CrysGNNEncoder
+from crysdistill.teacher.pretext.base import PretextTask, build_task, task_options
+from crysdistill.teacher.pretext.connectivity import (
+    ConnectivityReconstruction,
+    PairBilinear,
+    neighbour_pairs,
+    sample_negative_pairs,
+)
+from crysdistill.teacher.pretext.crystal_system import CrystalSystemContrastive, supervised_nt_xent
+from crysdistill.teacher.pretext.masked_atom import MaskedAtomPrediction
+from crysdistill.teacher.pretext.node_features import NodeFeatureReconstruction
+from crysdistill.teacher.pretext.space_group import SpaceGroupClassification
+
+SETTINGS = GraphSettings()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tiny batches gain nothing from more and suffer on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def structures(small_structures: list[Structure]) -> list[Structure]:
+    """The shared small structures plus a second P1 cell and a rutile-like tetragonal cell."""
+    extra = Structure.from_spacegroup("P4_2/mnm", [[4.59, 0, 0], [0, 4.59, 0], [0, 0, 2.96]], ["Ti", "O"],
+                                      [[0, 0, 0], [0.305, 0.305, 0]])
+    p1 = small_structures[2].copy()
+    p1.perturb(0.05, min_distance=0.01)
+    return [*small_structures, extra, p1]
+
+
+@pytest.fixture
+def batch(structures: list[Structure]):
+    featurizer = CrystalGraphFeaturizer(SETTINGS)
+    return collate([featurizer.featurize(s) for s in structures], SETTINGS)
+
+
+def overfit(task: PretextTask, batch, steps: int = 25) -> tuple[float, float]:
+    """First and last loss of ``steps`` Adam steps of encoder + task on one batch."""
+    torch.manual_seed(0)
+    encoder = CrysGNNEncoder()
+    opt = torch.optim.Adam([*encoder.parameters(), *task.parameters()], lr=5e-3)
+    losses = []
+    for _ in range(steps):
+        torch.manual_seed(1)  # the same sampled pairs / masks every step
+        r = task(batch, encoder(batch), encoder)
+        assert torch.isfinite(r.loss)
+        opt.zero_grad()
+        r.loss.backward()
+        opt.step()
+        losses.append(float(r.loss.detach()))
+    return losses[0], losses[-1]
+
+
+@pytest.mark.parametrize("cls", [NodeFeatureReconstruction, ConnectivityReconstruction, SpaceGroupClassification,
+                                 CrystalSystemContrastive, MaskedAtomPrediction])
+def test_loss_finite_and_decreases(cls: type[PretextTask], batch) -> None:
+    torch.manual_seed(0)
+    first, last = overfit(cls(64, SETTINGS, 0.25), batch)
+    assert last < 0.7 * first
+
+
+def test_counts_are_exact(batch) -> None:
+    torch.manual_seed(0)
+    encoder = CrysGNNEncoder().eval()
+    out = encoder(batch)
+    nf = NodeFeatureReconstruction(64, SETTINGS)(batch, out, encoder)
+    assert float(nf.counts["total"]) == batch.num_nodes * 92
+    sg_task = SpaceGroupClassification(64, SETTINGS)
+    spg = batch.spg.clone()
+    batch.spg[0] = -1  # as for a structure spglib cannot analyse
+    sg = sg_task(batch, out, encoder)
+    assert float(sg.counts["unknown"]) == 1 and float(sg.counts["total"]) == batch.num_graphs - 1
+    assert float(sg.counts["correct"]) <= float(sg.counts["correct5"]) <= float(sg.counts["total"])
+    # the unknown structure is left out of the loss
+    logits = sg_task.head(out.graph[1:])
+    expected = torch.nn.functional.cross_entropy(logits, spg[1:] - 1)
+    assert torch.allclose(sg.loss, expected)
+    batch.spg = spg
+
+
+def test_space_group_all_unknown_gives_zero_loss_with_gradient(batch) -> None:
+    encoder = CrysGNNEncoder()
+    task = SpaceGroupClassification(64, SETTINGS)
+    batch.spg = torch.full_like(batch.spg, -1)
+    r = task(batch, encoder(batch), encoder)
+    assert float(r.loss.detach()) == 0.0 and float(r.counts["total"]) == 0
+    r.loss.backward()
+    assert task.head.weight.grad is not None
+
+
+def test_supervised_nt_xent_matches_definition() -> None:
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    y = torch.tensor([0, 0, 1, 1, 1, 2])  # class 2 has no positive: not an anchor
+    loss, _ = supervised_nt_xent(z, y, 0.5)
+    terms = []
+    for i in range(6):
+        others = [a for a in range(6) if a != i]
+        pos = [p for p in others if y[p] == y[i]]
+        if not pos:
+            continue
+        denom = torch.logsumexp(torch.stack([z[i] @ z[a] / 0.5 for a in others]), 0)
+        terms.append(-torch.stack([z[i] @ z[p] / 0.5 - denom for p in pos]).mean())
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-6)
+
+
+def test_pair_bilinear_equals_nn_bilinear() -> None:
+    torch.manual_seed(0)
+    ref = torch.nn.Bilinear(16, 16, 6)
+    fast = PairBilinear(16, 6)
+    fast.load_state_dict(ref.state_dict())
+    a, b = torch.randn(50, 16), torch.randn(50, 16)
+    assert torch.allclose(fast(a, b), ref(a, b), atol=1e-5)
+
+
+def test_neighbour_pair_labels_match_brute_force(batch) -> None:
+    pairs, label = neighbour_pairs(batch.edge_index, int(batch.num_nodes), 5)
+    j, i = batch.edge_index.tolist()
+    counts = Counter(zip(i, j))
+    assert pairs.shape[1] == len(counts)
+    for (a, b), c in zip(pairs.T.tolist(), label.tolist()):
+        assert c == min(counts[(a, b)], 5) and c >= 1
+
+
+def test_labels_match_pymatgen_neighbours(triclinic: Structure) -> None:
+    """Class of (i, j) = how often j is among i's 12 nearest neighbours within 8 Å (pymatgen, no ties in P1)."""
+    g = CrystalGraphFeaturizer(SETTINGS).featurize(triclinic)
+    b = collate([g], SETTINGS)
+    pairs, label = neighbour_pairs(b.edge_index, int(b.num_nodes), 5)
+    got = {tuple(p): c for p, c in zip(pairs.T.tolist(), label.tolist())}
+    expected: Counter = Counter()
+    for i, neigh in enumerate(triclinic.get_all_neighbors(8.0)):
+        for n in sorted(neigh, key=lambda n: n.nn_distance)[:12]:
+            expected[(i, n.index)] += 1
+    assert got == {k: min(v, 5) for k, v in expected.items()}
+
+
+def test_negative_sampler_never_hits_a_neighbour_pair(batch) -> None:
+    n = int(batch.num_nodes)
+    pairs, _ = neighbour_pairs(batch.edge_index, n, 5)
+    neighbours = set(map(tuple, pairs.T.tolist()))
+    gen = torch.Generator().manual_seed(0)
+    neg = sample_negative_pairs(pairs, batch.ptr, batch.batch, n, 5000, generator=gen)
+    assert neg.shape[1] > 0
+    assert not (set(map(tuple, neg.T.tolist())) & neighbours)
+    assert torch.equal(batch.batch[neg[0]], batch.batch[neg[1]])  # partner from the same crystal
+    # the one-atom Cu cell: its only pair (0, 0) is a neighbour pair, so it never yields a negative
+    cu = int(torch.nonzero(torch.bincount(batch.batch) == 1)[0])
+    assert not (batch.batch[neg[0]] == cu).any()
+
+
+def test_connectivity_task_labels_and_ratio(batch) -> None:
+    task = ConnectivityReconstruction(64, SETTINGS, negatives_per_positive=1.0)
+    torch.manual_seed(0)
+    pairs, labels = task.pairs_and_labels(batch)
+    pos, _ = neighbour_pairs(batch.edge_index, int(batch.num_nodes), 5)
+    neighbours = set(map(tuple, pos.T.tolist()))
+    for p, c in zip(pairs.T.tolist(), labels.tolist()):
+        assert (tuple(p) in neighbours) == (c > 0)  # class 0 ⇔ not a neighbour pair
+    assert int((labels == 0).sum()) <= pos.shape[1]
+
+
+def test_negative_ratio_on_a_large_cell(nacl: Structure) -> None:
+    """In a 64-atom cell most pairs are not neighbours: the sampler delivers the requested ratio."""
+    b = collate([CrystalGraphFeaturizer(SETTINGS).featurize(nacl * (2, 2, 2))], SETTINGS)
+    task = ConnectivityReconstruction(64, SETTINGS, negatives_per_positive=1.5)
+    torch.manual_seed(0)
+    _, labels = task.pairs_and_labels(b)
+    n_pos = int((labels > 0).sum())
+    assert int((labels == 0).sum()) == round(1.5 * n_pos)
+
+
+def test_masked_atom_mask_share() -> None:
+    g = CrystalGraphFeaturizer(SETTINGS).featurize(
+        Structure.from_spacegroup("Fm-3m", [[5.64, 0, 0], [0, 5.64, 0], [0, 0, 5.64]], ["Na", "Cl"],
+                                  [[0, 0, 0], [0.5, 0.5, 0.5]]).make_supercell(2))
+    b = collate([g, g], SETTINGS)
+    task = MaskedAtomPrediction(64, SETTINGS, mask_fraction=0.15)
+    torch.manual_seed(0)
+    shares = [float(task.mask(b).float().mean()) for _ in range(20)]
+    assert 0.1 < np.mean(shares) < 0.22
+    assert all(task.mask(b)[b.batch == k].any() for k in range(2))
+
+
+def test_build_task_from_config() -> None:
+    task = build_task("connectivity", 64, SETTINGS, {"weight": 0.5, "options": {"negatives_per_positive": 2}})
+    assert isinstance(task, ConnectivityReconstruction) and task.weight == 0.5
+    assert task.negatives_per_positive == 2.0
+    assert set(task_options(ConnectivityReconstruction)) == {"negatives_per_positive", "negative_weight", "max_count"}
+    with pytest.raises(ConfigError, match="did you mean 'negatives_per_positive'"):
+        build_task("connectivity", 64, SETTINGS, {"options": {"negatives_per_positve": 2}})
+    with pytest.raises(ConfigError, match="takes no options"):
+        build_task("space_group", 64, SETTINGS, {"options": {"x": 1}})
+    with pytest.raises(ConfigError, match="needs symmetry labels"):
+        build_task("space_group", 64, GraphSettings(symmetry=False), {})
+    with pytest.raises(UserError, match="unknown pretext task 'spacegroup'; installed: .*space_group"):
+        build_task("spacegroup", 64, SETTINGS, {})

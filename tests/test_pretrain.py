@@ -1,0 +1,161 @@
+"""Pretraining end to end on a slice of the bundled sample: run folder, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from crysdistill.errors import ConfigError, UserError
+from crysdistill.teacher.checkpoint import heads_path, load_heads, load_teacher
+from crysdistill.teacher.pretrain import PretrainConfig, load_pretrain_config, lr_lambda, pretrain
+from crysdistill.utils import load_checkpoint
+
+#: tiny, fast runs: 40 structures, batches of 16, no loader processes, one thread
+TINY = ["batch_size=16", "loader_workers=0", "threads=1", "centroid_structures=16", "val_fraction=0.2"]
+
+
+def tiny_config(**extra) -> PretrainConfig:
+    return load_pretrain_config(None, TINY, extra)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Path:
+    """A 2-epoch run on the first 40 structures of the sample."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    pretrain(tiny_config(epochs=2), str(sample_path), out, workers=1, limit=40, progress=False)
+    return out
+
+
+def test_run_folder(tiny_run: Path) -> None:
+    for name in ("teacher.pt", "teacher.heads.pt", "last.pt", "metrics.csv", "split.json", "config.json"):
+        assert (tiny_run / name).is_file(), name
+    rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for task in ("node_features", "connectivity", "space_group", "crystal_system"):
+        for part in ("train", "val"):
+            assert 0 <= float(rows[-1][f"{part}_{task}_acc"]) <= 1
+            assert float(rows[-1][f"{part}_{task}_loss"]) >= 0
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert split["n_train"] == 32 and split["n_val"] == 8 and len(split["val_ids"]) == 8
+
+
+def test_teacher_checkpoint_round_trip(tiny_run: Path) -> None:
+    teacher = load_teacher(tiny_run / "teacher.pt")
+    assert not teacher.encoder.training
+    assert not any(p.requires_grad for p in teacher.encoder.parameters())
+    assert set(teacher.meta["tasks"]) == {"node_features", "connectivity", "space_group", "crystal_system"}
+    assert teacher.meta["metrics"]["loss"] > 0 and teacher.meta["data_fingerprint"]
+    ckpt = load_checkpoint(tiny_run / "teacher.pt")
+    assert not any(k.startswith("tasks.") for k in ckpt["state_dict"])  # encoder only
+    heads = load_heads(teacher)
+    assert heads["train_stats"]["centroids"].shape == (7, 64)
+    assert set(heads["heads"]) == set(teacher.meta["tasks"])
+    # the best-validation teacher equals the encoder in last.pt when the last epoch was the best
+    state = load_checkpoint(tiny_run / "last.pt")
+    if state["best_val"] == teacher.meta["metrics"]["loss"]:
+        enc = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+        assert all(torch.equal(enc[k], v) for k, v in ckpt["state_dict"].items())
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path: Path, sample_path: Path, tiny_run: Path) -> None:
+    """A 2-epoch run killed after epoch 1 and resumed ends with the same weights as an uninterrupted one."""
+    from crysdistill.teacher.data import stream_graphs
+    from crysdistill.teacher.pretrain import Dist, Trainer
+
+    out = tmp_path / "resumed"
+    out.mkdir()
+    config = tiny_config(epochs=2)
+    trainer = Trainer(config, stream_graphs(str(sample_path), config.graph, limit=40), out, Dist())
+
+    def interrupt(epoch: int, row: dict) -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        trainer.fit(interrupt)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    pretrain(None, str(sample_path), out, resume=True, workers=1, limit=40, progress=False)
+    a = load_checkpoint(tiny_run / "last.pt")["model"]
+    b = load_checkpoint(out / "last.pt")["model"]
+    bad = {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not bad, bad
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def test_resume_and_restart_errors(tmp_path: Path, sample_path: Path, tiny_run: Path) -> None:
+    with pytest.raises(UserError, match="nothing to resume"):
+        pretrain(tiny_config(), str(sample_path), tmp_path / "missing", resume=True)
+    with pytest.raises(UserError, match="already holds a run"):
+        pretrain(tiny_config(), str(sample_path), tiny_run)
+    with pytest.raises(UserError, match="other data"):
+        pretrain(None, str(sample_path), tiny_run, resume=True, epochs=3, limit=30, workers=1)
+
+
+def test_config_validation() -> None:
+    cfg = load_pretrain_config(None, ["tasks.space_group.weight=0", "optim.lr=0.001"])
+    assert set(cfg.active_tasks()) == {"node_features", "connectivity", "crystal_system"}
+    assert cfg.optim.lr == 0.001
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        load_pretrain_config(None, ["batchsize=3"])
+    with pytest.raises(ConfigError, match="must match the graph"):
+        load_pretrain_config(None, ["graph.cutoff=6"])
+    with pytest.raises(ConfigError, match="at least one pretext task"):
+        load_pretrain_config(None, [f"tasks.{t}.weight=0" for t in PretrainConfig().tasks])
+    repo_yaml = Path(__file__).resolve().parent.parent / "configs" / "pretrain.yaml"
+    assert load_pretrain_config(repo_yaml).optim == PretrainConfig().optim
+
+
+def test_schedule_warmup_then_cosine() -> None:
+    lrs = [lr_lambda(s, 10, 110, 0.02) for s in range(110)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.02, abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), CRYSDISTILL_CACHE=os.environ["CRYSDISTILL_CACHE"])
+    import torch.distributed as dist
+
+    from crysdistill.teacher.data import stream_graphs
+    from crysdistill.teacher.pretrain import Trainer, setup_distributed
+
+    d = setup_distributed()
+    config = tiny_config(epochs=1)
+    graphs = stream_graphs(data, config.graph, workers=1, limit=24)
+    trainer = Trainer(config, graphs, Path(out), d)
+    Path(out).mkdir(exist_ok=True)
+    trainer.fit()
+    torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_end_with_identical_weights(tmp_path: Path, sample_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(sample_path), str(out)), nprocs=2, join=True)
+    a = torch.load(out / "rank0.pt", weights_only=True)
+    b = torch.load(out / "rank1.pt", weights_only=True)
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    assert params and all(torch.equal(a[k], b[k]) for k in params)
+    assert (out / "teacher.pt").is_file() and heads_path(out / "teacher.pt").is_file()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 1  # one writer (rank 0), metrics reduced over both processes
