@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from crysdistill import __version__
 from crysdistill.errors import UserError
 
-_MODULES = ("crysdistill.cli.data", "crysdistill.cli.teacher", "crysdistill.cli.students")
+_MODULES = ("crysdistill.cli.data", "crysdistill.cli.teacher", "crysdistill.cli.students", "crysdistill.cli.analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:
