@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(on_error="skip")
     ev.add_argument("--heads", default=None, metavar="PATH", help="heads file (default: next to the teacher)")
     ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--threads", type=int, default=1, help="torch threads (0 = one per core; default 1)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("overrides", nargs="*", metavar="graph.KEY=VALUE",
                     help="graph settings of the data, if not the teacher's (refused when they differ)")
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--layers", default=None, metavar="LIST",
                    help="comma-separated layers to concatenate (0 = input embedding; default: the last)")
     e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--threads", type=int, default=1, help="torch threads (0 = one per core; default 1)")
     e.add_argument("overrides", nargs="*", metavar="graph.KEY=VALUE",
                    help="graph settings of the data, if not the teacher's (refused when they differ)")
     e.set_defaults(func=cmd_embed)
@@ -91,8 +93,13 @@ def _graph_settings(teacher, overrides: list[str]):
 
 
 def _graphs(args: argparse.Namespace, settings):
+    import torch
+
     from crysdistill.cli.common import report_problems
     from crysdistill.teacher.data import stream_graphs
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     graphs = stream_graphs(resolve_data(args.data), settings, args.cache_dir, workers=args.workers,
                            on_error=args.on_error, limit=args.limit, progress=None if getattr(args, "json", False) else _log_records)

@@ -90,7 +90,9 @@ class PretrainConfig:
         val_fraction: share of the structures held out for validation (seeded).
         seed: seed of the split, the initial weights and every random stream.
         loader_workers: DataLoader worker processes (read and collate graphs in parallel).
-        threads: torch intra-op threads per process (0 = torch's default).
+        threads: torch intra-op threads per process (0 = torch's default, one per core). One is
+            the default: the encoder's small matrix products gain little from more, and on a
+            shared 2-core machine 2 threads ran 4× slower than 1 (oversubscription).
         centroid_structures: training structures used for the crystal-system centroids and the
             majority baselines stored with the heads.
     """
@@ -104,7 +106,7 @@ class PretrainConfig:
     val_fraction: float = 0.05
     seed: int = 0
     loader_workers: int = 1
-    threads: int = 0
+    threads: int = 1
     centroid_structures: int = 4096
 
     def __post_init__(self) -> None:
