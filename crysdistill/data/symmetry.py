@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -36,6 +37,7 @@ def space_group_number(
         symprec: distance tolerance in Å.
         angle_tolerance: angle tolerance in degrees (``-1`` for spglib's own default).
     """
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")  # C-level warnings would break one-line error output
     import spglib
 
     cell = (np.asarray(lattice, float), np.asarray(frac_coords, float), np.asarray(numbers, int))
