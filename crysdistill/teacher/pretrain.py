@@ -467,7 +467,7 @@ def pretrain(config: PretrainConfig | None, data: str, out_dir: str | os.PathLik
              epochs: int | None = None, cache_dir: str | os.PathLike | None = None, workers: int = 2, on_error: str = "skip",
              limit: int | None = None, progress: bool | None = None,
              build_progress: Callable[[int], None] | None = None) -> dict:
-    """Pretrain a teacher; returns the last epoch's metrics row.
+    """Pretrain a teacher; returns the last epoch's metrics row (on rank 0; ``{}`` on other ranks).
 
     Args:
         config: run config (with ``resume``, the run's stored config is used instead).
@@ -536,4 +536,4 @@ def pretrain(config: PretrainConfig | None, data: str, out_dir: str | os.PathLik
     row = trainer.fit(log_epoch)
     if d.world > 1:
         dist.barrier()
-    return row
+    return row if d.main else {}
