@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 
 from crysdistill.cli.common import add_data_args, report_problems, resolve_data
 
@@ -70,6 +71,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from crysdistill.teacher.checkpoint import load_teacher
     from crysdistill.teacher.probe import format_probe, parse_layers, probe_teacher, teacher_graphs
 
+    t0 = time.perf_counter()
     layers = parse_layers(args.layers)
     teacher = load_teacher(args.teacher)
     graphs = teacher_graphs(teacher, resolve_data(args.data), cache_dir=args.cache_dir, workers=args.workers,
@@ -78,6 +80,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     res = probe_teacher(teacher, graphs, target=args.target, layers=layers, cache_dir=args.cache_dir,
                         seed=args.seed, test_fraction=args.test_fraction, n_untrained=args.untrained,
                         source=resolve_data(args.data))
+    res["seconds"] = time.perf_counter() - t0  # with reading the data and building graphs
     print(json.dumps(_nan_to_none(res), indent=1) if args.json else format_probe(res))
     return 0
 
@@ -87,6 +90,7 @@ def cmd_krr(args: argparse.Namespace) -> int:
     from crysdistill.teacher.probe import parse_layers, teacher_graphs
     from crysdistill.train.krr import KERNELS, format_krr, run_krr
 
+    t0 = time.perf_counter()
     layers = parse_layers(args.layers)
     if args.teacher is None and args.features == "composition":
         # composition features need no teacher: graphs with the default settings give the atoms
@@ -103,6 +107,7 @@ def cmd_krr(args: argparse.Namespace) -> int:
     res = run_krr(teacher, graphs, args.target, layers=layers, features=args.features, train_size=args.train_size,
                   val_size=args.val_size, test_size=args.test_size, seed=args.seed, kernels=kernels,
                   output=args.output, cache_dir=args.cache_dir, source=resolve_data(args.data))
+    res.seconds = time.perf_counter() - t0  # with reading the data and building graphs
     if args.json:
         print(json.dumps(_nan_to_none(res.to_dict()), indent=1))
     else:
