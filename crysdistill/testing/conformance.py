@@ -138,7 +138,7 @@ class StudentConformance:
         torch.set_num_threads(n)
 
     @pytest.fixture(scope="class")
-    def fixtures(self) -> tuple[list[str], list[Structure], list[Arrays]]:
+    def conformance_data(self) -> tuple[list[str], list[Structure], list[Arrays]]:
         """Names, structures and the student's graphs of :meth:`structures`."""
         structures = self.structures()
         featurizer = self.make_adapter().featurizer()
@@ -171,8 +171,8 @@ class StudentConformance:
 
     # ---- the featuriser -----------------------------------------------------------------------
 
-    def test_featurizer_deterministic_and_cacheable(self, fixtures) -> None:
-        names, structures, graphs = fixtures
+    def test_featurizer_deterministic_and_cacheable(self, conformance_data) -> None:
+        names, structures, graphs = conformance_data
         featurizer = self.make_adapter().featurizer()
         json.dumps(featurizer.settings())
         clone = pickle.loads(pickle.dumps(featurizer))
@@ -199,8 +199,8 @@ class StudentConformance:
 
     # ---- outputs ------------------------------------------------------------------------------
 
-    def test_output_shapes_and_site_mapping(self, fixtures) -> None:
-        names, structures, graphs = fixtures
+    def test_output_shapes_and_site_mapping(self, conformance_data) -> None:
+        names, structures, graphs = conformance_data
         adapter = self.make_adapter().eval()
         batch = adapter.to_device(adapter.collate(graphs), torch.device("cpu"))
         with torch.no_grad():
@@ -224,8 +224,8 @@ class StudentConformance:
             if self.one_node_per_site:
                 assert sorted(sites.tolist()) == list(range(len(s))), f"{name}: a site has several atom nodes"
 
-    def test_batch_equals_single(self, fixtures) -> None:
-        names, structures, graphs = fixtures
+    def test_batch_equals_single(self, conformance_data) -> None:
+        names, structures, graphs = conformance_data
         adapter = self.make_adapter().eval()
         with torch.no_grad():
             batched = adapter(adapter.collate(graphs))
@@ -238,8 +238,8 @@ class StudentConformance:
                 torch.testing.assert_close(_per_site_mean(batched, b, len(s)), _per_site_mean(single, 0, len(s)),
                                            atol=self.atol, rtol=1e-4, msg=lambda m, name=name: f"{name}: atoms {m}")
 
-    def test_site_permutation_moves_embeddings(self, fixtures) -> None:
-        names, structures, graphs = fixtures
+    def test_site_permutation_moves_embeddings(self, conformance_data) -> None:
+        names, structures, graphs = conformance_data
         s = structures[names.index("ZrO2_monoclinic")]
         order = [3, 7, 0, 11, 5, 1, 9, 2, 10, 6, 4, 8]
         permuted = Structure.from_sites([s[i] for i in order])  # site k of `permuted` is site order[k] of `s`
@@ -264,8 +264,8 @@ class StudentConformance:
             out = teacher(batch)
         return teacher, TeacherTargets(node=out.node, ptr=batch.ptr, graph=out.graph)
 
-    def test_distillation_gradients_reach_student_not_teacher(self, fixtures) -> None:
-        names, structures, graphs = fixtures
+    def test_distillation_gradients_reach_student_not_teacher(self, conformance_data) -> None:
+        names, structures, graphs = conformance_data
         teacher, targets = self._teacher_targets(structures)
         before = {k: v.clone() for k, v in teacher.state_dict().items()}
         assert not targets.node.requires_grad
@@ -287,8 +287,8 @@ class StudentConformance:
         after = teacher.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), "teacher weights or buffers changed"
 
-    def test_training_steps_lower_the_loss(self, fixtures) -> None:
-        names, structures, graphs = fixtures
+    def test_training_steps_lower_the_loss(self, conformance_data) -> None:
+        names, structures, graphs = conformance_data
         _, targets = self._teacher_targets(structures)
         adapter = self.make_adapter().train()
         loss_fn = DistillationLoss(adapter.embedding_dim, targets.node.shape[1], node_weight=0.5)
@@ -308,8 +308,8 @@ class StudentConformance:
 
     # ---- checkpoints --------------------------------------------------------------------------
 
-    def test_save_load_round_trip(self, fixtures, tmp_path) -> None:
-        names, structures, graphs = fixtures
+    def test_save_load_round_trip(self, conformance_data, tmp_path) -> None:
+        names, structures, graphs = conformance_data
         adapter = self.make_adapter()
         batch = adapter.collate(graphs)
         adapter.train()
@@ -328,8 +328,8 @@ class StudentConformance:
 
     # ---- extra atom features ------------------------------------------------------------------
 
-    def test_extra_atom_features(self, fixtures) -> None:
-        names, structures, graphs = fixtures
+    def test_extra_atom_features(self, conformance_data) -> None:
+        names, structures, graphs = conformance_data
         cls = get_student(self.student)
         if not cls.accepts_extra_atom_features:
             with pytest.raises(ConfigError):
