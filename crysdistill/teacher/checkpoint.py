@@ -9,7 +9,7 @@ metrics, a fingerprint of the training data, and versions. It loads with
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
@@ -44,8 +44,12 @@ class Teacher:
     path: str = ""
 
     def featurizer(self) -> CrystalGraphFeaturizer:
-        """The featuriser of the teacher's graph."""
-        return CrystalGraphFeaturizer(self.graph_settings)
+        """The featuriser of the graph the teacher embeds.
+
+        Symmetry labels are not needed to embed a structure, so they are left out: the graphs then
+        share the on-disk cache with CGCNN-family students that use the same graph settings.
+        """
+        return CrystalGraphFeaturizer(replace(self.graph_settings, symmetry=False))
 
 
 def save_teacher(path: str | os.PathLike, encoder: CrysGNNEncoder, graph_settings: GraphSettings,
