@@ -159,3 +159,22 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path: Path, sample_pat
     assert (out / "teacher.pt").is_file() and heads_path(out / "teacher.pt").is_file()
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 1  # one writer (rank 0), metrics reduced over both processes
+
+
+def test_stream_graphs_matches_build_graphs(sample_path: Path, tmp_path: Path, write_jsonl) -> None:
+    """Chunked streaming gives the graphs of read_dataset + build_graphs; bad records are counted."""
+    import gzip
+
+    from crysdistill.data import CrystalGraphFeaturizer, build_graphs, read_dataset
+    from crysdistill.teacher.data import stream_graphs
+
+    rows = [json.loads(line) for line, _ in zip(gzip.open(sample_path, "rt"), range(7))]
+    rows.insert(3, {"id": "broken", "structure": {"lattice": "nonsense"}})
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    streamed = stream_graphs(str(data), PretrainConfig().graph, tmp_path / "c", workers=1, on_error="skip", chunk=3)
+    ds = read_dataset(data, on_error="skip")
+    built = build_graphs(ds.records, CrystalGraphFeaturizer(PretrainConfig().graph), tmp_path / "c")
+    assert streamed.keys == built.keys and streamed.ids == built.ids
+    assert [p.record for p in streamed.problems] == [p.record for p in ds.problems] and len(streamed.problems) == 1
+    with pytest.raises(UserError, match="broken"):
+        stream_graphs(str(data), PretrainConfig().graph, tmp_path / "c", workers=1, on_error="raise")

@@ -202,7 +202,8 @@ class Meter:
         self.sums = dict(zip(keys, t.tolist()))
 
     def summary(self, task_names: list[str]) -> dict[str, float]:
-        """``loss`` and per task ``{task}_loss``, ``{task}_acc`` (plus ``space_group_top5``)."""
+        """``loss`` and per task ``{task}_loss``, ``{task}_acc`` (plus ``{task}_top5`` and
+        ``{task}_unknown``, the structures left out for want of a label, where the task counts them)."""
         s = self.sums
         n = max(s.get("n", 0.0), 1.0)
         out = {"loss": s.get("loss", 0.0) / n}
@@ -212,6 +213,8 @@ class Meter:
             out[f"{name}_acc"] = s.get(f"{name}/correct", 0.0) / total if total else float("nan")
             if f"{name}/correct5" in s:
                 out[f"{name}_top5"] = s[f"{name}/correct5"] / total if total else float("nan")
+            if f"{name}/unknown" in s:  # structures without a label (e.g. spglib failed), left out
+                out[f"{name}_unknown"] = s[f"{name}/unknown"]
         return out
 
 
