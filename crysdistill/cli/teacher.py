@@ -182,6 +182,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import numpy as np
 
     from crysdistill.errors import UserError
@@ -195,7 +197,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         except ValueError:
             raise UserError(f"--layers must be comma-separated integers (e.g. 0,1,2), not {args.layers!r}") from None
     teacher = load_teacher(args.teacher)
-    graphs = _graphs(args, _graph_settings(teacher, args.overrides))
+    # embedding needs no symmetry labels: the graphs then share the cache with CGCNN-family students
+    settings = replace(_graph_settings(teacher, args.overrides), symmetry=False)
+    graphs = _graphs(args, settings)
     arrays = embed(teacher, graphs, layers, batch_size=args.batch_size)
     out = args.output if args.output.endswith(".npz") else args.output + ".npz"
     np.savez(out, teacher_fingerprint=np.asarray(teacher.fingerprint), **arrays)
