@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", default="default", help="teacher checkpoint or 'default'")
     p.add_argument("--weights", default="0.1", help="distillation weights to run (node_weight); 0 = vanilla is always run")
     p.add_argument("--layers", default="-1", help="teacher layers matched, e.g. 0,1,2 (multi-scale)")
+    p.add_argument("--inject", default="", help="also run embedding injection of these teacher layers (e.g. 0,1,2)")
+    p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla runs (e.g. when another process runs them)")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     p.add_argument("--out", default="runs/benchmark")
     p.add_argument("--config-dir", default=str(Path(__file__).resolve().parents[1] / "configs"),
@@ -76,6 +78,13 @@ def run_grid(args: argparse.Namespace) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     weights = [float(w) for w in args.weights.split(",") if float(w) != 0]
     layers = [int(x) for x in args.layers.split(",")]
+    inject = [int(x) for x in args.inject.split(",")] if args.inject else []
+    layer_tag = "" if layers == [-1] else "-L" + ".".join(map(str, layers))
+    # (mode name, node weight, injected layers)
+    modes = [] if args.no_vanilla else [("vanilla", 0.0, [])]
+    modes += [(f"distill-w{w:g}{layer_tag}", w, []) for w in weights]
+    if inject:
+        modes.append((f"inject-L{'.'.join(map(str, inject))}", 0.0, inject))
     datasets: dict[str, object] = {}
     for target in targets:
         if target not in DATA:
@@ -89,15 +98,14 @@ def run_grid(args: argparse.Namespace) -> None:
             cfg_file = Path(args.config_dir) / f"{student}.yaml"
             for n in (sizes if sized else [None]):
                 for seed in seeds:
-                    for w in [0.0, *weights]:
-                        mode = "vanilla" if w == 0 else f"distill-w{w:g}"
+                    for mode, w, inj in modes:
                         run = out / "runs" / student / target / f"n{n or 'all'}" / mode / f"seed{seed}"
                         if (run / "summary.json").exists():
                             continue
                         extra = {"student": student, "targets": [target], "train_size": n, "val_size": val,
                                  "test_size": test, "seed": seed, "split_seed": SPLIT_SEED, "epochs": args.epochs,
-                                 "teacher": args.teacher if w else None,
-                                 "distill": {"node_weight": w, "teacher_layers": layers}}
+                                 "teacher": args.teacher if mode != "vanilla" else None,
+                                 "distill": {"node_weight": w, "teacher_layers": layers, "inject_layers": inj}}
                         cfg = load_config(TrainConfig, cfg_file if cfg_file.exists() else None, args.override,
                                           extra=extra)
                         t0 = time.perf_counter()
