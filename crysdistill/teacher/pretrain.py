@@ -290,7 +290,6 @@ class Trainer:
         self.fingerprint = data_fingerprint(graphs)
         train_idx, val_idx = split_indices(len(graphs), config.val_fraction, config.seed)
         self.train_set, self.val_set = graphs.subset(train_idx.tolist()), graphs.subset(val_idx.tolist())
-        self.train_idx, self.val_idx = train_idx, val_idx
         seed_everything(config.seed)
         self.model = PretrainModel(config).to(dist_info.device)
         self.task_names = list(self.model.tasks)

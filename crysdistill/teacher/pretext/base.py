@@ -75,12 +75,6 @@ class PretextTask(nn.Module):
         """
         raise NotImplementedError
 
-    @staticmethod
-    def accuracy(counts: Mapping[str, float]) -> float:
-        """``correct / total`` (NaN when ``total`` is 0)."""
-        total = float(counts.get("total", 0.0))
-        return float(counts.get("correct", 0.0)) / total if total > 0 else float("nan")
-
 
 def _nearest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
