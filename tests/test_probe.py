@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from crysdistill import cli
-from crysdistill.data.graph import GraphSettings
+from crysdistill.data.cache import build_graphs
+from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
 from crysdistill.data.readers import read_dataset
 from crysdistill.errors import UserError
 from crysdistill.teacher.checkpoint import Teacher, load_teacher, save_teacher
@@ -170,6 +171,9 @@ def test_errors(teacher: Teacher, graphs, sample_path: Path) -> None:
         probe_teacher(teacher, graphs, target="band_gap")
     with pytest.raises(UserError, match=r"layer 3 does not exist: the teacher has layers 0…2"):
         check_layers(teacher, [0, 3])
+    other = build_graphs(read_dataset(sample_path, limit=3).records, CrystalGraphFeaturizer(GraphSettings(cutoff=6.0)))
+    with pytest.raises(UserError, match=r"graphs were built with another featuriser than the teacher's"):
+        teacher_graphs(teacher, other)
     few = read_dataset(sample_path, limit=8)
     with pytest.raises(UserError, match=r"only 8 structure\(s\) have a numeric 'formation_energy_per_atom'"):
         probe_teacher(teacher, few, target=TARGET)

@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ import torch
 
 from crysdistill.data.cache import GraphSet, build_graphs
 from crysdistill.data.features import atom_feature_table
+from crysdistill.data.graph import CrystalGraphFeaturizer
 from crysdistill.data.readers import Dataset, read_dataset
 from crysdistill.data.records import Record
 from crysdistill.errors import UserError
@@ -62,13 +64,14 @@ DataLike = str | os.PathLike | Dataset | GraphSet | Sequence[Record]
 
 def teacher_graphs(teacher: Teacher, data: DataLike, cache_dir: str | os.PathLike | None = None,
                    workers: int = 1, on_error: str = "raise", limit: int | None = None) -> GraphSet:
-    """Graphs of ``data`` built with the teacher's featuriser (cached).
+    """Graphs of ``data`` built with the teacher's graph settings, without symmetry labels (cached).
 
     Args:
         teacher: the teacher whose graph settings are used.
         data: a dataset path (any format of :func:`crysdistill.data.read_dataset`, read with
             ``on_error`` and ``limit``), a :class:`Dataset`, a list of records, or a
-            :class:`GraphSet` already built with the teacher's featuriser.
+            :class:`GraphSet` already built with the teacher's graph settings (with or without
+            symmetry labels).
         cache_dir: graph cache folder (default: ``$CRYSDISTILL_CACHE``).
         workers: graph-building processes.
         on_error: ``"raise"`` or ``"skip"`` for records that cannot be read or featurised.
@@ -78,11 +81,14 @@ def teacher_graphs(teacher: Teacher, data: DataLike, cache_dir: str | os.PathLik
         UserError: unreadable data, a bad record with ``on_error="raise"``, or a graph set built
             with another featuriser.
     """
-    featurizer = teacher.featurizer()
+    # embeddings need no symmetry labels: without them the graphs share the cache with
+    # CGCNN-family students (and spglib is not run)
+    featurizer = CrystalGraphFeaturizer(replace(teacher.graph_settings, symmetry=False))
     if isinstance(data, GraphSet):
-        if not data.store.path.name.endswith(featurizer.fingerprint()):
+        accepted = (featurizer.fingerprint(), teacher.featurizer().fingerprint())
+        if not data.store.path.name.endswith(accepted):
             raise UserError(f"{data.store.path}: graphs were built with another featuriser than the teacher's; "
-                            "build them with teacher.featurizer()")
+                            "build them with the teacher's graph settings")
         return data
     problems = []
     if isinstance(data, (str, os.PathLike)):
@@ -193,7 +199,7 @@ def structure_embeddings(teacher: Teacher, graphs: GraphSet, layers: Sequence[in
 
     Args:
         teacher: the (frozen) teacher.
-        graphs: structures built with ``teacher.featurizer()``.
+        graphs: structures built with the teacher's graph settings (see :func:`teacher_graphs`).
         layers: resolved layer indices ``K`` (see :func:`check_layers`), concatenated in this order.
         indices: structures to embed (default: all).
         cache_dir: cache folder of the embeddings.

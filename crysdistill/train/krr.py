@@ -204,7 +204,7 @@ def krr_features(kind: str, teacher: Teacher | None, graphs, indices: np.ndarray
             concatenated), ``"untrained"`` (the same for the untrained twin seeded with ``seed``) or
             ``"composition"`` (element fractions plus weighted mean and std of the atom features).
         teacher: the teacher (its graph settings define ``graphs``).
-        graphs: structures built with the teacher's featuriser.
+        graphs: structures built with the teacher's graph settings (see :func:`teacher_graphs`).
         indices: positions in ``graphs``.
         layers: resolved layer indices.
         cache_dir: embedding cache folder.
