@@ -177,8 +177,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = load_pretrain_config(None, [])
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {config.batch_size}")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
-    subset = str(random_subset(args.data, args.small, tmp / "subset.jsonl.gz"))
+    with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
+        subset = str(random_subset(args.data, args.small, Path(tmp) / "subset.jsonl.gz"))
+        report(args, config, subset)
+
+
+def report(args: argparse.Namespace, config: PretrainConfig, subset: str) -> None:
+    """Time the steps on ``subset`` and measure memory on ``subset`` and the corpus; print the tables."""
     bs = config.batch_size
     for title, largest in (("drawn at random from the corpus", False),
                            (f"with the most atoms among those {args.small:,}", True)):
