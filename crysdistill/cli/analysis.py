@@ -73,7 +73,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     layers = parse_layers(args.layers)
-    teacher = load_teacher(args.teacher)
+    teacher = load_teacher(getattr(args, "ckpt", None) or args.teacher)
     graphs = teacher_graphs(teacher, resolve_data(args.data), cache_dir=args.cache_dir, workers=args.workers,
                             on_error=args.on_error, limit=args.limit)
     report_problems(graphs.problems)

@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="graph settings of the data, if not the teacher's (refused when they differ)")
     ev.set_defaults(func=cmd_eval)
 
+    from crysdistill.cli.analysis import add_probe_args
+
+    pr = tsub.add_parser("probe", help="what the teacher's embeddings carry beyond the element, and a linear "
+                         "probe of a target (same as 'crysdistill probe')")
+    pr.add_argument("ckpt", metavar="TEACHER", help="teacher.pt, or 'default'")
+    add_probe_args(pr)
+
     e = sub.add_parser("embed", help="per-structure and per-atom teacher embeddings of a dataset → .npz")
     e.add_argument("--teacher", default="default", help="teacher.pt or 'default' (the shipped teacher)")
     add_data_args(e)

@@ -113,6 +113,15 @@ def read_dataset(
 # raw iteration: yields Record (not yet checked) or Problem (could not even be parsed)
 
 
+def iter_raw(source: str) -> Iterator[Record | Problem]:
+    """Stream the records of ``source`` one by one, without holding the dataset in memory.
+
+    Yields unchecked :class:`Record` objects (run :func:`check_structure` on them) and a
+    :class:`Problem` for each entry that could not be parsed at all.
+    """
+    return _iter_raw(source)
+
+
 def _iter_raw(source: str) -> Iterator[Record | Problem]:
     if source.startswith("jarvis:"):
         yield from records_from_jarvis(_download_jarvis(source[len("jarvis:"):]), source)

@@ -16,7 +16,7 @@ import torch
 
 from crysdistill.data.cache import GraphSet, GraphStore, build_graphs, default_cache_dir
 from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
-from crysdistill.data.readers import _iter_raw
+from crysdistill.data.readers import iter_raw
 from crysdistill.data.records import Problem, Record, check_structure
 from crysdistill.errors import RecordError, UserError
 
@@ -36,7 +36,7 @@ def iter_records(source: str, on_error: str = "raise", limit: int | None = None,
     """
     seen: set[str] = set()
     n = 0
-    for item in _iter_raw(source):
+    for item in iter_raw(source):
         if limit is not None and n >= limit:
             return
         try:
