@@ -203,3 +203,15 @@ def test_embedding_injection_trains_and_predicts(tmp_path, teacher_path):
     for r in csv.DictReader(open(out / "predictions_test.csv")):
         assert float(rows[r["id"]]["formation_energy_per_atom_prediction"]) == pytest.approx(
             float(r["formation_energy_per_atom_prediction"]), rel=1e-5, abs=1e-6)
+
+
+def test_teacher_from_another_featuriser_is_refused(tmp_path, teacher_path, capsys):
+    ckpt = torch.load(teacher_path, weights_only=True)
+    ckpt["featurizer_fingerprint"] = "0123456789abcdef"  # e.g. made with another atom-feature table
+    other = tmp_path / "other_teacher.pt"
+    torch.save(ckpt, other)
+    rc = main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+               *SMALL, "--teacher", str(other), "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "another atom-feature table or graph format" in err and str(other) in err
