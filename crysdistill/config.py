@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -92,6 +93,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         return float(value)
     if tp is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
@@ -175,9 +178,12 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
-                extra: dict | None = None) -> T:
-    """Defaults of ``cls`` ← YAML file ← ``extra`` (e.g. CLI flags) ← ``key=value`` overrides."""
-    data: dict = {}
+                extra: dict | None = None, base: dict | None = None) -> T:
+    """Defaults of ``cls`` ← ``base`` ← YAML file ← ``extra`` (e.g. CLI flags) ← ``key=value`` overrides.
+
+    ``base`` holds defaults that nested mappings merge into (e.g. the default pretext tasks).
+    """
+    data: dict = dict(base or {})
     if path:
         data = merge(data, read_yaml(path))
     if extra:

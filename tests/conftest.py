@@ -103,3 +103,35 @@ def write_jsonl() -> Callable[[Path, Iterable[dict | str]], Path]:
 
     return write
 
+
+
+@pytest.fixture(scope="session")
+def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small saved, untrained teacher (2 convolutions of width 16, seeded weights)."""
+    import torch
+
+    from crysdistill.data.graph import GraphSettings
+    from crysdistill.teacher.checkpoint import save_teacher
+    from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_teacher(path, CrysGNNEncoder(EncoderConfig(width=16, layers=2)), GraphSettings())
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher(teacher_path: Path):
+    """:func:`teacher_path`, loaded (frozen, evaluation mode)."""
+    from crysdistill.teacher.checkpoint import load_teacher
+
+    return load_teacher(teacher_path)
+
+
+@pytest.fixture(scope="session")
+def sample_teacher_graphs(teacher, sample_path: Path):
+    """The teacher's graphs of the first 200 structures of the bundled sample."""
+    from crysdistill.data.readers import read_dataset
+    from crysdistill.teacher.probe import teacher_graphs
+
+    return teacher_graphs(teacher, read_dataset(sample_path, limit=200))

@@ -8,15 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from crysdistill import cli
-from crysdistill.data.graph import GraphSettings
 from crysdistill.data.readers import read_dataset
 from crysdistill.errors import UserError
-from crysdistill.teacher.checkpoint import Teacher, load_teacher, save_teacher
-from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
-from crysdistill.teacher.probe import teacher_graphs
+from crysdistill.teacher.checkpoint import Teacher
 from crysdistill.train.krr import (
     DEFAULT_ALPHAS,
     DEFAULT_GAMMA_SCALES,
@@ -32,24 +28,6 @@ from crysdistill.train.splits import make_splits
 TARGET = "formation_energy_per_atom"
 N_SAMPLE = 200
 SIZES = {"train_size": 120, "val_size": 30, "test_size": 50}
-
-
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(2)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_teacher(path, CrysGNNEncoder(EncoderConfig(width=16, layers=2)), GraphSettings())
-    return path
-
-
-@pytest.fixture(scope="module")
-def teacher(teacher_path: Path) -> Teacher:
-    return load_teacher(teacher_path)
-
-
-@pytest.fixture(scope="module")
-def graphs(teacher: Teacher, sample_path: Path):
-    return teacher_graphs(teacher, read_dataset(sample_path, limit=N_SAMPLE))
 
 
 def test_fit_krr_learns_a_smooth_function() -> None:
@@ -73,9 +51,9 @@ def test_median_gamma() -> None:
     assert median_gamma("laplacian", x) == pytest.approx(1 / 2)
 
 
-def test_run_krr_end_to_end(teacher: Teacher, graphs, tmp_path: Path) -> None:
+def test_run_krr_end_to_end(teacher: Teacher, sample_teacher_graphs, tmp_path: Path) -> None:
     out = tmp_path / "pred.csv"
-    res = run_krr(teacher, graphs, TARGET, seed=0, output=out, **SIZES)
+    res = run_krr(teacher, sample_teacher_graphs, TARGET, seed=0, output=out, **SIZES)
     assert isinstance(res, KRRResult)
     assert (res.n_train, res.n_val, res.n_test) == (120, 30, 50)
     assert res.layers == [0, 1, 2] and res.dim == 3 * 16
@@ -84,7 +62,7 @@ def test_run_krr_end_to_end(teacher: Teacher, graphs, tmp_path: Path) -> None:
     assert res.val_mae == pytest.approx(min(g["val_mae"] for g in res.grid))
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["id", "target", "prediction"] and len(rows) == 1 + 50
-    ids = set(graphs.ids)
+    ids = set(sample_teacher_graphs.ids)
     assert all(r[0] in ids for r in rows[1:])
     mae = np.mean([abs(float(r[1]) - float(r[2])) for r in rows[1:]])
     assert mae == pytest.approx(res.test_mae)
@@ -93,27 +71,27 @@ def test_run_krr_end_to_end(teacher: Teacher, graphs, tmp_path: Path) -> None:
     json.dumps(res.to_dict())
 
 
-def test_same_split_for_every_feature_kind(teacher: Teacher, graphs) -> None:
-    comp = run_krr(teacher, graphs, TARGET, features="composition", kernels=("rbf",), **SIZES)
+def test_same_split_for_every_feature_kind(teacher: Teacher, sample_teacher_graphs) -> None:
+    comp = run_krr(teacher, sample_teacher_graphs, TARGET, features="composition", kernels=("rbf",), **SIZES)
     assert comp.layers == [] and comp.dim == 100 + 2 * 92
     assert comp.test_mae < comp.mean_test_mae
-    untrained = run_krr(teacher, graphs, TARGET, features="untrained", layers=[2], kernels=("rbf",), **SIZES)
+    untrained = run_krr(teacher, sample_teacher_graphs, TARGET, features="untrained", layers=[2], kernels=("rbf",), **SIZES)
     assert untrained.dim == 16
     # the same test structures: the mean baseline is identical
     assert comp.mean_test_mae == pytest.approx(untrained.mean_test_mae)
 
 
-def test_errors(teacher: Teacher, graphs, sample_path: Path) -> None:
+def test_errors(teacher: Teacher, sample_teacher_graphs, sample_path: Path) -> None:
     with pytest.raises(UserError, match=r"target 'gap' not found; labels present: formation_energy_per_atom"):
-        run_krr(teacher, graphs, "gap")
+        run_krr(teacher, sample_teacher_graphs, "gap")
     with pytest.raises(UserError, match=r"layer -4 does not exist"):
-        run_krr(teacher, graphs, TARGET, layers=[0, -4])
+        run_krr(teacher, sample_teacher_graphs, TARGET, layers=[0, -4])
     with pytest.raises(UserError, match=r"only 6 structure\(s\) have a numeric"):
         run_krr(teacher, read_dataset(sample_path, limit=6), TARGET)
     with pytest.raises(UserError, match=r"exceed the 200 usable structures"):
-        run_krr(teacher, graphs, TARGET, train_size=190, val_size=20, test_size=20)
+        run_krr(teacher, sample_teacher_graphs, TARGET, train_size=190, val_size=20, test_size=20)
     with pytest.raises(UserError, match=r"unknown kernel 'poly'"):
-        run_krr(teacher, graphs, TARGET, kernels=("poly",), **SIZES)
+        run_krr(teacher, sample_teacher_graphs, TARGET, kernels=("poly",), **SIZES)
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:

@@ -14,8 +14,7 @@ from crysdistill.data.cache import build_graphs
 from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
 from crysdistill.data.readers import read_dataset
 from crysdistill.errors import UserError
-from crysdistill.teacher.checkpoint import Teacher, load_teacher, save_teacher
-from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
+from crysdistill.teacher.checkpoint import Teacher
 from crysdistill.teacher.probe import (
     check_layers,
     composition_features,
@@ -34,27 +33,8 @@ N_SAMPLE = 200  # structures of the bundled sample used here (graphs cached for 
 
 
 @pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small saved teacher (2 convolutions of width 16, seeded weights)."""
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_teacher(path, CrysGNNEncoder(EncoderConfig(width=16, layers=2)), GraphSettings())
-    return path
-
-
-@pytest.fixture(scope="module")
-def teacher(teacher_path: Path) -> Teacher:
-    return load_teacher(teacher_path)
-
-
-@pytest.fixture(scope="module")
-def graphs(teacher: Teacher, sample_path: Path):
-    return teacher_graphs(teacher, read_dataset(sample_path, limit=N_SAMPLE))
-
-
-@pytest.fixture(scope="module")
-def result(teacher: Teacher, graphs) -> dict:
-    return probe_teacher(teacher, graphs, target=TARGET, seed=0, n_untrained=2)
+def result(teacher: Teacher, sample_teacher_graphs) -> dict:
+    return probe_teacher(teacher, sample_teacher_graphs, target=TARGET, seed=0, n_untrained=2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,8 +119,8 @@ def test_probe_against_baselines(result: dict) -> None:
     json.dumps(result)  # JSON-able
 
 
-def test_probe_is_reproducible_and_uses_the_cache(teacher: Teacher, graphs, result: dict) -> None:
-    again = probe_teacher(teacher, graphs, target=TARGET, seed=0, n_untrained=2)
+def test_probe_is_reproducible_and_uses_the_cache(teacher: Teacher, sample_teacher_graphs, result: dict) -> None:
+    again = probe_teacher(teacher, sample_teacher_graphs, target=TARGET, seed=0, n_untrained=2)
     assert again["probe"]["rows"] == result["probe"]["rows"]
     assert again["embedding"] == result["embedding"]
 
@@ -155,8 +135,8 @@ def test_untrained_twin(teacher: Teacher) -> None:
     assert torch.equal(state, torch.random.get_rng_state())  # global random state untouched
 
 
-def test_statistics_only_without_target(teacher: Teacher, graphs) -> None:
-    res = probe_teacher(teacher, graphs, layers=[-1], n_untrained=0)
+def test_statistics_only_without_target(teacher: Teacher, sample_teacher_graphs) -> None:
+    res = probe_teacher(teacher, sample_teacher_graphs, layers=[-1], n_untrained=0)
     assert res["probe"] is None and res["beats_untrained"] is None
     assert [r["layer"] for r in res["embedding"]["teacher"]] == [2]
     assert "ridge probe" not in format_probe(res)
@@ -166,9 +146,9 @@ def test_statistics_only_without_target(teacher: Teacher, graphs) -> None:
 # errors
 
 
-def test_errors(teacher: Teacher, graphs, sample_path: Path) -> None:
+def test_errors(teacher: Teacher, sample_teacher_graphs, sample_path: Path) -> None:
     with pytest.raises(UserError, match=r"target 'band_gap' not found; labels present: .*formation_energy_per_atom"):
-        probe_teacher(teacher, graphs, target="band_gap")
+        probe_teacher(teacher, sample_teacher_graphs, target="band_gap")
     with pytest.raises(UserError, match=r"layer 3 does not exist: the teacher has layers 0…2"):
         check_layers(teacher, [0, 3])
     other = build_graphs(read_dataset(sample_path, limit=3).records, CrystalGraphFeaturizer(GraphSettings(cutoff=6.0)))

@@ -13,9 +13,6 @@ import torch
 from crysdistill.cli import main
 from crysdistill.cli.common import sample_path
 from crysdistill.config import load_config
-from crysdistill.data.graph import GraphSettings
-from crysdistill.teacher.checkpoint import save_teacher
-from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
 from crysdistill.train.config import TrainConfig
 from crysdistill.train.splits import make_splits
 from crysdistill.train.trainer import fit, prepare
@@ -23,15 +20,6 @@ from crysdistill.train.trainer import fit, prepare
 SAMPLE = str(sample_path())
 SMALL = ["--train-size", "48", "--val-size", "24", "--test-size", "24", "--epochs", "2", "--batch-size", "16"]
 CGCNN_SMALL = ["model.layers=1"]
-
-
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    enc = CrysGNNEncoder(EncoderConfig(width=16, layers=2))
-    p = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_teacher(p, enc, GraphSettings(), tasks={}, metrics={})
-    return str(p)
 
 
 def _cfg(tmp_path: Path, **kw) -> TrainConfig:
@@ -103,7 +91,7 @@ def test_distilled_run_keeps_teacher_frozen(tmp_path, teacher_path):
 def test_safeguard_grid_selects_on_validation(tmp_path, teacher_path):
     out = tmp_path / "run"
     rc = main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
-               *SMALL, "--teacher", teacher_path, "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+               *SMALL, "--teacher", str(teacher_path), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
                *CGCNN_SMALL, "distill.weight_grid=[0,0.5]"])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
@@ -143,7 +131,7 @@ def test_predict_roundtrip_and_errors(tmp_path, teacher_path, capsys):
         assert float(r["formation_energy_per_atom_prediction"]) == pytest.approx(
             float(test_rows[r["id"]]["formation_energy_per_atom_prediction"]), rel=1e-5, abs=1e-6)
     capsys.readouterr()
-    assert main(["predict", "--checkpoint", teacher_path, "--data", "sample", "-o", str(pred_csv)]) == 2
+    assert main(["predict", "--checkpoint", str(teacher_path), "--data", "sample", "-o", str(pred_csv)]) == 2
     assert "not a student checkpoint" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(out / "best.pt"), "--student", "alignn", "--data", "sample",
                  "-o", str(pred_csv)]) == 2
@@ -191,7 +179,7 @@ def test_missing_labels_skip_or_raise(tmp_path, capsys):
 def test_embedding_injection_trains_and_predicts(tmp_path, teacher_path):
     out = tmp_path / "run"
     assert main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
-                 *SMALL, "--teacher", teacher_path, "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                 *SMALL, "--teacher", str(teacher_path), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
                  *CGCNN_SMALL, "distill.inject_layers=[0,1,2]", "distill.node_weight=0"]) == 0
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["student"]["extra_atom_features"] == 3 * 16

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from crysdistill.config import from_dict, merge, parse_overrides, read_yaml, to_dict
+from crysdistill.config import from_dict, load_config, to_dict
 from crysdistill.data.batch import collate
 from crysdistill.data.cache import GraphSet
 from crysdistill.data.graph import GraphSettings
@@ -145,14 +145,7 @@ def load_pretrain_config(path: str | os.PathLike | None = None, overrides: tuple
     Raises:
         ConfigError: unknown key (with the nearest valid one) or a bad value.
     """
-    data: dict = {"tasks": json.loads(json.dumps(DEFAULT_TASKS))}
-    if path:
-        data = merge(data, read_yaml(path))
-    if extra:
-        data = merge(data, extra)
-    if overrides:
-        data = merge(data, parse_overrides(overrides))
-    return from_dict(PretrainConfig, data)
+    return load_config(PretrainConfig, path, overrides, extra, base={"tasks": json.loads(json.dumps(DEFAULT_TASKS))})
 
 
 class PretrainModel(nn.Module):
