@@ -10,12 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -43,6 +42,9 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -61,8 +63,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+def state_fingerprint(state_dict: dict) -> str:
     """Short hash of a module's weights and buffers (identifies a teacher)."""
+    import torch
+
     h = hashlib.sha256()
     for k in sorted(state_dict):
         h.update(k.encode())
@@ -74,6 +78,8 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """``torch.load(..., weights_only=True)`` with one-line errors for missing or foreign files."""
+    import torch
+
     from crysdistill.errors import CheckpointError
 
     p = Path(path)
