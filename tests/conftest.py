@@ -135,3 +135,16 @@ def sample_teacher_graphs(teacher, sample_path: Path):
     from crysdistill.teacher.probe import teacher_graphs
 
     return teacher_graphs(teacher, read_dataset(sample_path, limit=200))
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, str]]:
+    """Run the real ``crysdistill`` entry point: ``run_cli("data", "inspect", …) -> (code, stdout, stderr)``."""
+    from crysdistill.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crysdistill import cli
 from crysdistill.data.readers import read_dataset
 from crysdistill.errors import UserError
 from crysdistill.teacher.checkpoint import Teacher
@@ -94,33 +93,25 @@ def test_errors(teacher: Teacher, sample_teacher_graphs, sample_path: Path) -> N
         run_krr(teacher, sample_teacher_graphs, TARGET, kernels=("poly",), **SIZES)
 
 
-def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    if "crysdistill.cli.analysis" not in cli._MODULES:
-        monkeypatch.setattr(cli, "_MODULES", (*cli._MODULES, "crysdistill.cli.analysis"))
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--target", "band_gap"], "target 'band_gap' not found; labels present: formation_energy_per_atom"),
     (["--target", TARGET, "--layers", "0,3"], "layer 3 does not exist"),
     (["--target", TARGET, "--limit", "4"], "only 4 structure(s) have a numeric"),
     (["--target", TARGET, "--train-size", "500"], "exceed the 200 usable structures"),
 ])
-def test_cli_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, teacher_path: Path,
+def test_cli_errors(run_cli, teacher_path: Path,
                     extra: list[str], message: str) -> None:
-    code, out, err = _main(monkeypatch, capsys, "krr", "--teacher", str(teacher_path), "--data", "sample",
+    code, out, err = run_cli("krr", "--teacher", str(teacher_path), "--data", "sample",
                            "--limit", str(N_SAMPLE), *extra)
     assert code == 2
     assert err.startswith("crysdistill: error: ") and message in err
     assert err.count("\n") == 1
 
 
-def test_cli_krr(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, teacher_path: Path,
+def test_cli_krr(run_cli, teacher_path: Path,
                  tmp_path: Path) -> None:
     out_csv = tmp_path / "p.csv"
-    code, out, err = _main(monkeypatch, capsys, "krr", "--teacher", str(teacher_path), "--data", "sample",
+    code, out, err = run_cli("krr", "--teacher", str(teacher_path), "--data", "sample",
                            "--limit", str(N_SAMPLE), "--target", TARGET, "--train-size", "120", "--val-size", "30",
                            "--test-size", "50", "--kernel", "rbf", "-o", str(out_csv), "--json")
     assert code == 0
@@ -128,7 +119,7 @@ def test_cli_krr(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
     assert res["n_test"] == 50 and res["kernel"] == "rbf" and res["test_mae"] < res["mean_test_mae"]
     assert len(out_csv.read_text().splitlines()) == 51
     # composition features need no teacher
-    code, out, err = _main(monkeypatch, capsys, "krr", "--features", "composition", "--data", "sample",
+    code, out, err = run_cli("krr", "--features", "composition", "--data", "sample",
                            "--limit", str(N_SAMPLE), "--target", TARGET, "--train-size", "120", "--val-size", "30",
                            "--test-size", "50")
     assert code == 0 and "composition features" in out

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from crysdistill import cli
 from crysdistill.data.cache import build_graphs
 from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
 from crysdistill.data.readers import read_dataset
@@ -159,32 +158,23 @@ def test_errors(teacher: Teacher, sample_teacher_graphs, sample_path: Path) -> N
         probe_teacher(teacher, few, target=TARGET)
 
 
-def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    """Run the real ``crysdistill`` entry point with the analysis subcommands registered."""
-    if "crysdistill.cli.analysis" not in cli._MODULES:
-        monkeypatch.setattr(cli, "_MODULES", (*cli._MODULES, "crysdistill.cli.analysis"))
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--target", "band_gap"], "target 'band_gap' not found; labels present: "),
     (["--layers", "0,9"], "layer 9 does not exist: the teacher has layers 0…2"),
     (["--layers", "a,b"], "--layers must be comma-separated integers"),
     (["--target", TARGET, "--limit", "5"], "only 5 structure(s) have a numeric"),
 ])
-def test_cli_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, teacher_path: Path,
+def test_cli_errors(run_cli, teacher_path: Path,
                     extra: list[str], message: str) -> None:
-    code, out, err = _main(monkeypatch, capsys, "probe", "--teacher", str(teacher_path), "--data", "sample",
+    code, out, err = run_cli("probe", "--teacher", str(teacher_path), "--data", "sample",
                            "--limit", str(N_SAMPLE), *extra)
     assert code == 2
     assert err.startswith("crysdistill: error: ") and message in err
     assert err.count("\n") == 1  # one line, no traceback
 
 
-def test_cli_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, teacher_path: Path) -> None:
-    code, out, err = _main(monkeypatch, capsys, "probe", "--teacher", str(teacher_path), "--data", "sample",
+def test_cli_json(run_cli, teacher_path: Path) -> None:
+    code, out, err = run_cli("probe", "--teacher", str(teacher_path), "--data", "sample",
                            "--limit", str(N_SAMPLE), "--target", TARGET, "--layers", "0,2", "--json")
     assert code == 0
     res = json.loads(out)
