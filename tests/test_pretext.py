@@ -21,8 +21,11 @@ from crysdistill.teacher.pretext.connectivity import (
     sample_negative_pairs,
 )
 from crysdistill.teacher.pretext.crystal_system import CrystalSystemContrastive, supervised_nt_xent
+from crysdistill.teacher.pretext.geometry import edge_lengths, random_displacements
 from crysdistill.teacher.pretext.masked_atom import MaskedAtomPrediction
+from crysdistill.teacher.pretext.masked_edge import MaskedEdgeDistance
 from crysdistill.teacher.pretext.node_features import NodeFeatureReconstruction
+from crysdistill.teacher.pretext.perturbation import PerturbationContrast
 from crysdistill.teacher.pretext.space_group import SpaceGroupClassification
 
 SETTINGS = GraphSettings()
@@ -71,7 +74,7 @@ def overfit(task: PretextTask, batch, steps: int = 25) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("cls", [NodeFeatureReconstruction, ConnectivityReconstruction, SpaceGroupClassification,
-                                 CrystalSystemContrastive, MaskedAtomPrediction])
+                                 CrystalSystemContrastive, MaskedAtomPrediction, MaskedEdgeDistance])
 def test_loss_finite_and_decreases(cls: type[PretextTask], batch) -> None:
     torch.manual_seed(0)
     first, last = overfit(cls(64, SETTINGS, 0.25), batch)
@@ -214,3 +217,60 @@ def test_build_task_from_config() -> None:
         build_task("space_group", 64, GraphSettings(symmetry=False), {})
     with pytest.raises(UserError, match="unknown pretext task 'spacegroup'; installed: .*space_group"):
         build_task("spacegroup", 64, SETTINGS, {})
+
+
+def test_edge_lengths_reproduce_the_cached_distances(batch) -> None:
+    """Recomputing lengths from the stored images and lattices gives the neighbour search's distances."""
+    d = edge_lengths(batch)
+    assert torch.allclose(d, batch.distance.to(d.dtype), atol=1e-4)
+
+
+def test_displacements_have_the_requested_lengths() -> None:
+    torch.manual_seed(0)
+    v = random_displacements(2000, 0.1, 0.5)
+    length = v.norm(dim=1)
+    assert float(length.min()) >= 0.1 - 1e-6 and float(length.max()) <= 0.5 + 1e-6
+    assert abs(float(v.mean(dim=0).norm())) < 0.02  # no preferred direction
+
+
+def test_masked_edge_masks_whole_bonds(nacl: Structure) -> None:
+    """Both directions of a bond are masked together; the share of masked bonds is about right."""
+    b = collate([CrystalGraphFeaturizer(SETTINGS).featurize(nacl * (2, 2, 2))], SETTINGS)
+    task = MaskedEdgeDistance(64, SETTINGS, mask_fraction=0.15)
+    bond = task.bond_ids(b)
+    j, i = b.edge_index
+    # an edge j -> i and its reverse i -> j at the same length share the bond id
+    key = {(int(a), int(c), round(float(d), 3)): int(k) for a, c, d, k in zip(i, j, b.distance, bond)}
+    reverse = [(c, a, d) for (a, c, d) in key]
+    assert sum(key[r] == key[f] for f, r in zip(key, reverse) if r in key) == sum(r in key for r in reverse) > 0
+    torch.manual_seed(0)
+    masks = [task.mask(b) for _ in range(20)]
+    for m in masks:
+        assert all(bool(m[bond == k].all()) or not bool(m[bond == k].any()) for k in bond.unique())
+    share = np.mean([float(torch.unique(bond[m]).numel()) / float(bond.max() + 1) for m in masks])
+    assert 0.1 < share < 0.2
+    assert int(task.bins(torch.tensor([0.0, 2.81, 8.0, 9.0])).tolist()[1]) == 14
+    assert task.bins(torch.tensor([9.0])).item() == SETTINGS.n_gaussians - 1
+
+
+@pytest.mark.parametrize("kind", ["cosine", "nt_xent"])
+def test_perturbation_contrast_loss_falls(kind: str, batch) -> None:
+    """Loss falls on a tiny batch; the views are unit vectors, one per crystal."""
+    torch.manual_seed(0)
+    task = PerturbationContrast(64, SETTINGS, 0.25, loss=kind)
+    first, last = overfit(task, batch, steps=30)
+    assert np.isfinite(first) and last < first
+    torch.manual_seed(5)
+    z1 = task.view(batch, CrysGNNEncoder())
+    assert z1.shape == (batch.num_graphs, 64) and torch.allclose(z1.norm(dim=1), torch.ones(batch.num_graphs))
+
+
+def test_perturbation_without_displacement_gives_identical_copies(batch) -> None:
+    """With zero displacement both copies are the clean crystal: cosine loss 0, retrieval exact up to duplicates."""
+    torch.manual_seed(0)
+    encoder = CrysGNNEncoder().eval()
+    task = PerturbationContrast(64, SETTINGS, 0.25, min_displacement=0.0, max_displacement=0.0)
+    r = task(batch, encoder(batch), encoder)
+    assert float(r.loss.detach()) < 1e-5
+    with pytest.raises(ValueError, match="min_displacement"):
+        PerturbationContrast(64, SETTINGS, min_displacement=0.5, max_displacement=0.1)

@@ -178,3 +178,24 @@ def test_stream_graphs_matches_build_graphs(sample_path: Path, tmp_path: Path, w
     assert [p.record for p in streamed.problems] == [p.record for p in ds.problems] and len(streamed.problems) == 1
     with pytest.raises(UserError, match="broken"):
         stream_graphs(str(data), PretrainConfig().graph, tmp_path / "c", workers=1, on_error="raise")
+
+
+def test_optional_tasks_train_and_evaluate(tmp_path: Path, sample_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The three plug-in tasks beside CrysGNN's four: a run records their metrics and the teacher
+    still evaluates (its CrysGNN heads) and embeds."""
+    from crysdistill.cli import main
+
+    extra = ["tasks.masked_atom.weight=0.2", "tasks.masked_edge.weight=0.2", "tasks.perturbation.weight=0.2",
+             "tasks.perturbation.options.loss=nt_xent"]
+    out = tmp_path / "run"
+    pretrain(load_pretrain_config(None, [*TINY, *extra], {"epochs": 1}), str(sample_path), out, workers=1,
+             limit=40, progress=False)
+    row = list(csv.DictReader(open(out / "metrics.csv")))[-1]
+    for task in ("masked_atom", "masked_edge", "perturbation"):
+        assert float(row[f"train_{task}_loss"]) > 0 and 0 <= float(row[f"val_{task}_acc"]) <= 1
+    teacher = load_teacher(out / "teacher.pt")
+    assert {"masked_atom", "masked_edge", "perturbation"} <= set(teacher.meta["tasks"])
+    capsys.readouterr()
+    assert main(["teacher", "eval", str(out / "teacher.pt"), "--data", str(sample_path), "--limit", "20", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_structures"] == 20 and 0 <= res["space_group_top1"] <= 1
