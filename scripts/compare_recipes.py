@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names from RECIPES")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME:k=v,k=v", help="an extra recipe")
+    p.add_argument("--teacher", action="append", default=[], metavar="NAME=PATH",
+                   help="also probe an existing teacher (e.g. shipped=default)")
     p.add_argument("--untrained", type=int, default=3, help="untrained twins per probe")
     p.add_argument("-O", "--override", action="append", default=[], metavar="key=value",
                    help="override for every recipe (e.g. threads=1)")
@@ -67,18 +69,22 @@ def main(argv=None) -> int:
         recipes[name] = [x for x in kv.split(",") if x]
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    existing = dict(spec.split("=", 1) for spec in args.teacher)
+    for name in existing:
+        recipes[name] = None
     for name, overrides in recipes.items():
         run = out / name.replace(" ", "_").replace("+", "plus_")
-        if not (run / "teacher.pt").exists():
+        if overrides is not None and not (run / "teacher.pt").exists():
             cfg = load_pretrain_config(None, [*args.override, *overrides], extra={"epochs": args.epochs, "seed": args.seed})
             t0 = time.perf_counter()
             row = pretrain(cfg, args.data, run, limit=args.limit, progress=False)
             (run / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
             print(f"{name}: pretrained in {time.perf_counter() - t0:.0f} s, val loss {row['val_loss']:.4f}", flush=True)
-        teacher = load_teacher(run / "teacher.pt")
+        teacher = load_teacher(existing[name] if name in existing else run / "teacher.pt")
         last = teacher.encoder.config.layers
-        entry = {"overrides": overrides, "fingerprint": teacher.fingerprint,
-                 "pretrain_seconds": float((run / "wall_seconds.txt").read_text()) if (run / "wall_seconds.txt").exists() else None,
+        wall = run / "wall_seconds.txt"
+        entry = {"overrides": overrides, "fingerprint": teacher.fingerprint, "teacher": teacher.path,
+                 "pretrain_seconds": float(wall.read_text()) if wall.exists() else None,
                  "pretext": teacher.meta.get("metrics", {}), "probes": {}}
         for fname, target in PROBES:
             res = probe_teacher(teacher, os.path.join(args.data_dir, fname), target=target, seed=args.seed,
