@@ -12,7 +12,7 @@ composition baseline measured in the same run.
 
 A recipe is a list of ``key=value`` overrides of configs/pretrain.yaml (see RECIPES below, or
 ``--recipe name:key=value,key=value``). Teachers already in ``--out`` are reused, so the script
-can be stopped and rerun. Prints a Markdown table and writes ``results.json``.
+can be stopped and rerun. Prints a Markdown table and writes ``results.json`` (the run behind docs/teacher.md: docs/recipes_results.json).
 """
 
 from __future__ import annotations
