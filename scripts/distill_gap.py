@@ -51,9 +51,14 @@ def student_atoms(adapter, graphs, batch_size: int = 128):
     return np.concatenate(emb), np.concatenate(where)
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (the L2 normalisation of the distillation loss)."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
 def distance(pred: np.ndarray, target: np.ndarray) -> float:
-    n = pred / np.linalg.norm(pred, axis=1, keepdims=True).clip(1e-12)
-    return float(np.mean(np.sum((n - target) ** 2, axis=1)))
+    """``mean ‖n(pred) − target‖²`` for unit-length ``target`` rows."""
+    return float(np.mean(np.sum((unit(pred) - target) ** 2, axis=1)))
 
 
 def r2(pred: np.ndarray, target: np.ndarray) -> float:
@@ -68,6 +73,10 @@ def main(argv=None) -> int:
     from crysdistill.students.checkpoint import load_student
     from crysdistill.teacher.checkpoint import load_teacher
 
+    for run in args.runs:
+        for name in ("best.pt", "splits.json"):
+            if not (Path(run) / name).is_file():
+                sys.exit(f"distill_gap: {run}: no {name}; pass run folders of 'crysdistill train'")
     teacher = load_teacher(args.teacher)
     layers = [int(x) for x in args.layers.split(",")]
     splits = json.loads((Path(args.runs[0]) / "splits.json").read_text())
@@ -85,22 +94,19 @@ def main(argv=None) -> int:
           f"validation structures of {splits['data']}")
 
     def teacher_rows(name, where):
-        t = np.stack([tgt[name][0][s][k] for s, k in where])
-        return t / np.linalg.norm(t, axis=1, keepdims=True).clip(1e-12)
+        return unit(np.stack([tgt[name][0][s][k] for s, k in where]))
 
     # element-only floor
     z_tr = np.concatenate(tgt["train"][1])
-    t_tr = np.concatenate(tgt["train"][0])
-    t_tr = t_tr / np.linalg.norm(t_tr, axis=1, keepdims=True)
+    t_tr = unit(np.concatenate(tgt["train"][0]))
     means = {z: t_tr[z_tr == z].mean(0) for z in np.unique(z_tr)}
     z_va = np.concatenate(tgt["val"][1])
-    t_va = np.concatenate(tgt["val"][0])
-    t_va = t_va / np.linalg.norm(t_va, axis=1, keepdims=True)
+    t_va = unit(np.concatenate(tgt["val"][0]))
     glob = t_tr.mean(0)
     p_va = np.stack([means.get(z, glob) for z in z_va])
     print(f"{'element only':40s} distance {distance(p_va, t_va):.4f}  R² {r2(p_va, t_va):.3f}")
     for run in args.runs:
-        adapter, ckpt = load_student(Path(run) / "best.pt")
+        adapter, _ = load_student(Path(run) / "best.pt")
         feats = {}
         for name, recs in part.items():
             sg = build_graphs(recs, adapter.featurizer())
