@@ -38,6 +38,14 @@ DATA = {
     "log_gvrh": ("mp_elasticity_cgcnn.jsonl.gz", 0.2, 0.2, "log10 GPa", False),
     "last_phdos_peak": ("matbench_phonons.jsonl.gz", 0.2, 0.2, "cm^-1", False),
 }
+#: How the compact table names each target, and the decimals it shows.
+LABELS = {
+    "formation_energy_per_atom": ("formation energy (eV/atom)", 4),
+    "band_gap": ("band gap (eV)", 4),
+    "log_kvrh": ("log₁₀ K_VRH", 4),
+    "log_gvrh": ("log₁₀ G_VRH", 4),
+    "last_phdos_peak": ("last phonon DOS peak (cm⁻¹)", 1),
+}
 SPLIT_SEED = 0  # one fixed split per dataset; model seeds vary
 FIELDS = ["student", "target", "n_train", "seed", "mode", "distill_weight", "test_mae", "val_mae", "best_epoch",
           "epochs", "seconds", "n_val", "n_test", "teacher_fingerprint", "run"]
@@ -171,6 +179,37 @@ def summarise(rows: list[dict], out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compact(rows: list[dict]) -> str:
+    """One line per student × target × size: mean ± std of each mode, relative change against vanilla."""
+    modes = sorted({r["mode"] for r in rows}, key=lambda m: (m != "vanilla", m == "safeguard", m))
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        cells.setdefault((r["student"], r["target"], int(r["n_train"])), {}).setdefault(r["mode"], []).append(
+            float(r["test_mae"]))
+    lines = ["| student | target | training structures | " + " | ".join(modes) + " |",
+             "|---|---|---|" + "---|" * len(modes)]
+    order = {t: i for i, t in enumerate(DATA)}
+    full = max(len(ts) for by_mode in cells.values() for ts in by_mode.values())
+    for (student, target, n), by_mode in sorted(cells.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99),
+                                                                                kv[0][2])):
+        label, dec = LABELS.get(target, (target, 4))
+        van = np.mean(by_mode["vanilla"]) if "vanilla" in by_mode else None
+        out = []
+        for m in modes:
+            t = np.array(by_mode.get(m, []))
+            if not len(t):
+                out.append("—")
+                continue
+            cell = f"{t.mean():.{dec}f} ± {t.std(ddof=1) if len(t) > 1 else 0:.{dec}f}"
+            if m != "vanilla" and van is not None:
+                cell += f" ({100 * (t.mean() / van - 1):+.1f} %)"
+            if len(t) < full:
+                cell += f" [{len(t)} of {full} seeds]"
+            out.append(cell)
+        lines.append(f"| {student} | {label} | {n:,} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plots(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib
 
@@ -242,7 +281,7 @@ def main(argv=None) -> int:
         w = csv.DictWriter(fh, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
-    table = summarise(rows, out)
+    table = compact(rows) + "\n" + summarise(rows, out)
     (out / "summary.md").write_text(table)
     made = plots(rows, out)
     print(table)

@@ -52,7 +52,12 @@ def test_benchmark_grid_pairs_runs_and_adds_safeguard(tmp_path, phonon_dir, teac
     # the safeguard is whichever run is better on validation, never chosen by test
     best = min(("vanilla", "distill-w0.1"), key=lambda m: float(rows[m]["val_mae"]))
     assert rows["safeguard"]["test_mae"] == rows[best]["test_mae"]
-    assert "| cgcnn | last_phdos_peak (cm^-1) | 18 | safeguard |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| cgcnn | last_phdos_peak (cm^-1) | 18 | safeguard |" in summary
+    van = float(rows["vanilla"]["test_mae"])
+    change = 100 * (float(rows["distill-w0.1"]["test_mae"]) / van - 1)
+    assert f"| cgcnn | last phonon DOS peak (cm⁻¹) | 18 | {van:.1f} ± 0.0 | " in summary
+    assert f"({change:+.1f} %)" in summary
     assert (out / "curve_cgcnn_last_phdos_peak.png").stat().st_size > 0
     assert (out / "parity_cgcnn_last_phdos_peak.png").stat().st_size > 0
 
