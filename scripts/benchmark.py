@@ -180,29 +180,34 @@ def summarise(rows: list[dict], out: Path) -> str:
 
 
 def compact(rows: list[dict]) -> str:
-    """One line per student × target × size: mean ± std of each mode, relative change against vanilla."""
+    """One line per student × target × size: mean ± std of each mode, change against vanilla.
+
+    The change compares the means over the seeds both modes have (paired, as in the full table).
+    """
     modes = sorted({r["mode"] for r in rows}, key=lambda m: (m != "vanilla", m == "safeguard", m))
-    cells: dict[tuple, dict[str, list[float]]] = {}
+    cells: dict[tuple, dict[str, dict[int, float]]] = {}
     for r in rows:
-        cells.setdefault((r["student"], r["target"], int(r["n_train"])), {}).setdefault(r["mode"], []).append(
-            float(r["test_mae"]))
+        cells.setdefault((r["student"], r["target"], int(r["n_train"])), {}).setdefault(r["mode"], {})[
+            int(r["seed"])] = float(r["test_mae"])
     lines = ["| student | target | training structures | " + " | ".join(modes) + " |",
              "|---|---|---|" + "---|" * len(modes)]
     order = {t: i for i, t in enumerate(DATA)}
-    full = max(len(ts) for by_mode in cells.values() for ts in by_mode.values())
+    full = max(len(by_seed) for by_mode in cells.values() for by_seed in by_mode.values())
     for (student, target, n), by_mode in sorted(cells.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99),
                                                                                 kv[0][2])):
         label, dec = LABELS.get(target, (target, 4))
-        van = np.mean(by_mode["vanilla"]) if "vanilla" in by_mode else None
+        van = by_mode.get("vanilla", {})
         out = []
         for m in modes:
-            t = np.array(by_mode.get(m, []))
+            t = np.array(list(by_mode.get(m, {}).values()))
             if not len(t):
                 out.append("—")
                 continue
             cell = f"{t.mean():.{dec}f} ± {t.std(ddof=1) if len(t) > 1 else 0:.{dec}f}"
-            if m != "vanilla" and van is not None:
-                cell += f" ({100 * (t.mean() / van - 1):+.1f} %)"
+            common = sorted(set(by_mode[m]) & set(van))
+            if m != "vanilla" and common:
+                change = np.mean([by_mode[m][k] for k in common]) / np.mean([van[k] for k in common]) - 1
+                cell += f" ({100 * change:+.1f} %)"
             if len(t) < full:
                 cell += f" [{len(t)} of {full} seeds]"
             out.append(cell)

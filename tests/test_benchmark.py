@@ -73,3 +73,14 @@ def test_benchmark_rejects_unknown_target(tmp_path, phonon_dir):
     bench = _load_benchmark()
     with pytest.raises(SystemExit, match="unknown target 'bandgap'"):
         bench.main(["--targets", "bandgap", "--data-dir", str(phonon_dir), "--out", str(tmp_path / "o")])
+
+
+def test_compact_table_pairs_seeds_and_marks_partial_cells():
+    bench = _load_benchmark()
+    rows = [{"student": "cgcnn", "target": "band_gap", "n_train": 250, "seed": s, "mode": "vanilla", "test_mae": v}
+            for s, v in enumerate([1.0, 2.0, 3.0])]
+    rows += [{"student": "cgcnn", "target": "band_gap", "n_train": 250, "seed": s, "mode": "distill-w0.1",
+              "test_mae": v} for s, v in enumerate([1.1, 2.2])]
+    table = bench.compact(rows)
+    # seeds 0 and 1 only: (1.1 + 2.2) / (1.0 + 2.0) = +10 %, not against the 3-seed vanilla mean
+    assert "| cgcnn | band gap (eV) | 250 | 2.0000 ± 1.0000 | 1.6500 ± 0.7778 (+10.0 %) [2 of 3 seeds] |" in table
