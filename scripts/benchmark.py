@@ -217,6 +217,7 @@ def compact(rows: list[dict]) -> str:
 
 def plots(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -236,6 +237,8 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
                     ns = [n for n in sizes if any(r["mode"] == mode and r["n_train"] == n for r in rs)]
                     ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, label=mode)
                 ax.set_xscale("log")
+                ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
                 ax.set_xlabel("training structures")
                 ax.set_ylabel(f"test MAE ({DATA.get(target, ('', 0, 0, ''))[3]})")
                 ax.set_title(f"{student}: {target}", fontsize=9)
