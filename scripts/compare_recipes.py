@@ -126,4 +126,9 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from crysdistill.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as exc:  # bad data, config or checkpoint: one line, as the CLI does
+        sys.exit(f"compare_recipes.py: error: {exc}")

@@ -120,4 +120,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from crysdistill.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as exc:  # bad data, config or checkpoint: one line, as the CLI does
+        sys.exit(f"distill_gap.py: error: {exc}")

@@ -84,3 +84,16 @@ def test_compact_table_pairs_seeds_and_marks_partial_cells():
     table = bench.compact(rows)
     # seeds 0 and 1 only: (1.1 + 2.2) / (1.0 + 2.0) = +10 %, not against the 3-seed vanilla mean
     assert "| cgcnn | band gap (eV) | 250 | 2.0000 ± 1.0000 | 1.6500 ± 0.7778 (+10.0 %) [2 of 3 seeds] |" in table
+
+
+def test_benchmark_missing_data_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--targets", "last_phdos_peak",
+                           "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"benchmark.py: error: {tmp_path / 'nowhere' / 'matbench_phonons.jsonl.gz'}: no such file or directory; "
+        "check the path"]
