@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """A problem with the user's input, config or files: shown as one line, never a traceback."""
@@ -34,3 +37,15 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, of the wrong kind, or incompatible with the data."""
+
+
+def run_script(main: Callable[[], int], prog: str) -> None:
+    """Run a script's ``main`` and exit with its code; a :class:`UserError` ends in one line.
+
+    For the analysis scripts under ``scripts/``: ``prog: error: <message>`` on stderr, exit code 1.
+    """
+    try:
+        code = main()
+    except UserError as exc:
+        sys.exit(f"{prog}: error: {exc}")
+    sys.exit(code)

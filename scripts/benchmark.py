@@ -298,9 +298,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from crysdistill.errors import UserError
+    from crysdistill.errors import run_script
 
-    try:
-        sys.exit(main())
-    except UserError as exc:  # bad data, config or checkpoint: one line, as the CLI does
-        sys.exit(f"benchmark.py: error: {exc}")
+    run_script(main, "benchmark.py")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -126,9 +125,6 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    from crysdistill.errors import UserError
+    from crysdistill.errors import run_script
 
-    try:
-        sys.exit(main())
-    except UserError as exc:  # bad data, config or checkpoint: one line, as the CLI does
-        sys.exit(f"compare_recipes.py: error: {exc}")
+    run_script(main, "compare_recipes.py")

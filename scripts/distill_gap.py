@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +69,14 @@ def main(argv=None) -> int:
     from crysdistill.data.cache import build_graphs
     from crysdistill.data.readers import read_dataset
     from crysdistill.distill.cache import teacher_embeddings
+    from crysdistill.errors import UserError
     from crysdistill.students.checkpoint import load_student
     from crysdistill.teacher.checkpoint import load_teacher
 
     for run in args.runs:
         for name in ("best.pt", "splits.json"):
             if not (Path(run) / name).is_file():
-                sys.exit(f"distill_gap: {run}: no {name}; pass run folders of 'crysdistill train'")
+                raise UserError(f"{run}: no {name}; pass run folders of 'crysdistill train'")
     teacher = load_teacher(args.teacher)
     layers = [int(x) for x in args.layers.split(",")]
     splits = json.loads((Path(args.runs[0]) / "splits.json").read_text())
@@ -120,9 +120,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from crysdistill.errors import UserError
+    from crysdistill.errors import run_script
 
-    try:
-        sys.exit(main())
-    except UserError as exc:  # bad data, config or checkpoint: one line, as the CLI does
-        sys.exit(f"distill_gap.py: error: {exc}")
+    run_script(main, "distill_gap.py")
