@@ -96,3 +96,33 @@ def test_compare_recipes_pretrains_probes_and_reuses(tmp_path, sample_path, prob
     assert re.search(r"^\| narrow \| \d+ \| 0\.\d{3} \| 0\.\d{3} \|", first, flags=re.M)
     assert recipes.main(argv) == 0
     assert "pretrained in" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The number of unique classes")
+def test_space_group_errors_on_a_pretrained_teacher(tmp_path, sample_path, write_jsonl, capsys):
+    errors = _load("space_group_errors")
+    run = tmp_path / "teacher"
+    assert cli(["pretrain", "--data", str(sample_path), "--limit", "60", "--workers", "1", "--out", str(run),
+                "--epochs", "1", "encoder.width=16", "encoder.layers=2", "batch_size=16", "threads=1",
+                "loader_workers=0", "val_fraction=0.25", "--cache-dir", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    out_json = tmp_path / "errors.json"
+    argv = ["--teacher", str(run / "teacher.pt"), "--data", str(sample_path), "--trees", "5", "--json", str(out_json)]
+    assert errors.main(argv) == 0
+    res = json.loads(out_json.read_text())
+    assert (res["n_train"], res["n_heldout"]) == (45, 15)  # the teacher's own split of the first 60 records
+    assert res["tolerances"]["0.01"]["labels_changed"] == 0.0  # the labels are those at the teacher's tolerance
+    for r in res["tolerances"].values():
+        assert 0 <= r["top1"] <= r["top5"] <= 1
+    assert len(res["baselines"]) == 5 and all(0 <= b["top1"] <= b["top5"] <= 1 for b in res["baselines"].values())
+    assert "| random forest, composition + cell shape |" in capsys.readouterr().out
+
+    # other data than the teacher was pretrained on cannot give its held-out split
+    with gzip.open(sample_path, "rt") as fh:
+        rows = [json.loads(line) for line in fh][::-1]
+    other = write_jsonl(tmp_path / "reversed.jsonl.gz", rows)
+    from crysdistill.errors import UserError
+
+    with pytest.raises(UserError, match="not the data teacher"):
+        errors.main(["--teacher", str(run / "teacher.pt"), "--data", str(other), "--trees", "5"])
