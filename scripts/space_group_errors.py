@@ -44,20 +44,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def descriptors(structure, with_cell: bool) -> np.ndarray:
-    """Composition fractions (Z 1…103), optionally with the reduced cell's shape and size."""
+def composition(structure) -> np.ndarray:
+    """Element fractions, indexed by atomic number 1…103."""
     comp = np.zeros(N_ELEMENTS)
-    for el, amt in structure.composition.get_el_amt_dict().items():
-        from pymatgen.core import Element
+    for el, frac in structure.composition.fractional_composition.items():
+        comp[el.Z - 1] += frac
+    return comp
 
-        comp[Element(el).Z - 1] += amt
-    comp /= comp.sum()
-    if not with_cell:
-        return comp
+
+def cell_shape(structure) -> np.ndarray:
+    """The Niggli-reduced cell: lengths over the longest, sorted cosines of the angles, log of sites."""
     lat = structure.lattice.get_niggli_reduced_lattice()
     abc = np.sort(np.asarray(lat.abc))
     cos = np.sort(np.cos(np.radians(np.asarray(lat.angles))))
-    return np.concatenate([comp, abc / abc[-1], cos, [np.log(len(structure))]])
+    return np.concatenate([abc / abc[-1], cos, [np.log(len(structure))]])
 
 
 def fit_head(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, hidden: int, seed: int,
@@ -106,16 +106,20 @@ def main(argv=None) -> int:
     heads = load_heads(teacher)
     if "space_group" not in heads["tasks"]:
         raise UserError(f"{teacher.path}: the teacher has no space-group head")
-    cfg = teacher.meta["pretrain_config"]
-    data = args.data or teacher.meta.get("data")
+    meta = teacher.meta
+    if not all(k in meta for k in ("pretrain_config", "n_train", "n_val", "data_fingerprint")):
+        raise UserError(f"{teacher.path}: the checkpoint does not record its pretraining split; pass a teacher "
+                        "written by 'crysdistill pretrain'")
+    cfg = meta["pretrain_config"]
+    data = args.data or meta.get("data")
     if not data or not Path(data).exists():
         raise UserError(f"{data}: the teacher's pretraining corpus is not there; pass it with --data")
     settings = teacher.graph_settings
     t0 = time.perf_counter()
     # the corpus as the teacher read it: pretrain --limit reads the first N records
-    ds = read_dataset(data, limit=int(teacher.meta["n_train"]) + int(teacher.meta["n_val"]))
+    ds = read_dataset(data, limit=int(meta["n_train"]) + int(meta["n_val"]))
     graphs = build_graphs(ds.records, CrystalGraphFeaturizer(settings))
-    if data_fingerprint(graphs) != teacher.meta["data_fingerprint"]:
+    if data_fingerprint(graphs) != meta["data_fingerprint"]:
         raise UserError(f"{data}: not the data teacher {teacher.fingerprint} was pretrained on (fingerprint "
                         "differs), so its validation split cannot be re-derived")
     train_idx, val_idx = split_indices(len(graphs), cfg["val_fraction"], cfg["seed"])
@@ -127,18 +131,18 @@ def main(argv=None) -> int:
     task = build_task("space_group", teacher.encoder.width, settings, heads["tasks"]["space_group"])
     task.load_state_dict(heads["heads"]["space_group"])
     task.eval()
-    top5, labels = [], []
-    with torch.no_grad():
-        for batch in _batches(held, settings, 256, torch.device("cpu")):
-            top5.append(task.head(teacher.encoder(batch).graph).topk(5, dim=1).indices + 1)
-            labels.append(batch.spg.view(-1))
-    top5, label = torch.cat(top5).numpy(), torch.cat(labels).numpy()
 
     def graph_embedding(part) -> np.ndarray:
         with torch.no_grad():
             return np.concatenate([teacher.encoder(b).graph.numpy()
                                    for b in _batches(part, settings, 256, torch.device("cpu"))])
 
+    def spg_labels(part) -> np.ndarray:
+        return np.array([int(part[i]["spg"][0]) for i in range(len(part))])
+
+    emb_held, label = graph_embedding(held), spg_labels(held)
+    with torch.no_grad():
+        top5 = (task.head(torch.from_numpy(emb_held)).topk(5, dim=1).indices + 1).numpy()
     known = label >= 1
     structures = [by_id[i].structure for i in held.ids]
     at = {t: np.array([space_group_number(s.lattice.matrix, s.frac_coords, np.asarray(s.atomic_numbers),
@@ -160,23 +164,24 @@ def main(argv=None) -> int:
     res["majority_top1"] = float((label[known] == counts.argmax()).mean())
 
     train_graphs = graphs.subset(train_idx.tolist())
-    y_train = np.array([int(train_graphs[i]["spg"][0]) for i in range(len(train_graphs))])
+    y_train = spg_labels(train_graphs)
     keep = y_train >= 1
     train_structures = [by_id[i].structure for i, k in zip(train_graphs.ids, keep) if k]
     res["baselines"] = {}
-    emb_tr, emb_va = graph_embedding(train_graphs)[keep], graph_embedding(held)[known]
+    held_known = [s for s, k in zip(structures, known) if k]
+    comp = [np.stack([composition(s) for s in ss]) for ss in (train_structures, held_known)]
+    cell = [np.stack([cell_shape(s) for s in ss]) for ss in (train_structures, held_known)]
+    inputs = {"composition": comp, "composition + cell shape": [np.hstack(pair) for pair in zip(comp, cell)],
+              "embedding": [graph_embedding(train_graphs)[keep], emb_held[known]]}
     y_tr, y = y_train[keep], label[known]
-    runs = [("random forest, composition", "forest", False), ("random forest, composition + cell shape", "forest", True),
-            ("random forest, teacher graph embedding", "forest", None),
-            ("linear head refitted on the frozen graph embedding", "linear", None),
-            ("MLP head (1 hidden layer of 256) on the frozen graph embedding", "mlp", None)]
-    for name, kind, with_cell in runs:
+    runs = [("random forest, composition", "forest", "composition"),
+            ("random forest, composition + cell shape", "forest", "composition + cell shape"),
+            ("random forest, teacher graph embedding", "forest", "embedding"),
+            ("linear head refitted on the frozen graph embedding", "linear", "embedding"),
+            ("MLP head (1 hidden layer of 256) on the frozen graph embedding", "mlp", "embedding")]
+    for name, kind, key in runs:
         t1 = time.perf_counter()
-        if with_cell is None:
-            x_tr, x_va = emb_tr, emb_va
-        else:
-            x_tr = np.stack([descriptors(s, with_cell) for s in train_structures])
-            x_va = np.stack([descriptors(s, with_cell) for s, k in zip(structures, known) if k])
+        x_tr, x_va = inputs[key]
         if kind == "forest":
             forest = RandomForestClassifier(n_estimators=args.trees, min_samples_leaf=3, random_state=args.seed,
                                             n_jobs=1)

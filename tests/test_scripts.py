@@ -1,4 +1,4 @@
-"""The analysis scripts behind docs/teacher.md: distill_gap.py and compare_recipes.py, end to end."""
+"""The analysis scripts behind docs/teacher.md (distill_gap.py, compare_recipes.py, space_group_errors.py), end to end."""
 
 from __future__ import annotations
 
