@@ -81,6 +81,33 @@ def test_loss_finite_and_decreases(cls: type[PretextTask], batch) -> None:
     assert last < 0.7 * first
 
 
+@pytest.mark.parametrize("name, options", [("space_group", {"hidden": 32}), ("crystal_system", {"projection": 32})])
+def test_optional_heads_learn_and_load(name: str, options: dict, batch) -> None:
+    """The non-linear space-group head and the contrastive projection head train, and a heads
+    state dict rebuilds through the same spec (as ``teacher eval`` does)."""
+    torch.manual_seed(0)
+    task = build_task(name, 64, SETTINGS, {"weight": 0.25, "options": options})
+    assert sum(p.numel() for p in task.parameters()) > 64 * 32
+    first, last = overfit(task, batch)
+    assert last < 0.7 * first
+    again = build_task(name, 64, SETTINGS, {"weight": 0.25, "options": options})
+    again.load_state_dict(task.state_dict())
+
+
+def test_projection_head_touched_without_labels(batch) -> None:
+    """A batch with fewer than two known crystal systems still gives every projection weight a
+    (zero) gradient, so data-parallel processes reduce the same parameters."""
+    encoder = CrysGNNEncoder()
+    task = CrystalSystemContrastive(64, SETTINGS, projection=16)
+    cs = batch.crystal_system.clone()
+    batch.crystal_system = torch.full_like(cs, -1)
+    r = task(batch, encoder(batch), encoder)
+    batch.crystal_system = cs
+    assert float(r.loss.detach()) == 0.0
+    r.loss.backward()
+    assert all(p.grad is not None for p in task.parameters())
+
+
 def test_counts_are_exact(batch) -> None:
     torch.manual_seed(0)
     encoder = CrysGNNEncoder().eval()
@@ -212,7 +239,9 @@ def test_build_task_from_config() -> None:
     with pytest.raises(ConfigError, match="did you mean 'negatives_per_positive'"):
         build_task("connectivity", 64, SETTINGS, {"options": {"negatives_per_positve": 2}})
     with pytest.raises(ConfigError, match="takes no options"):
-        build_task("space_group", 64, SETTINGS, {"options": {"x": 1}})
+        build_task("node_features", 64, SETTINGS, {"options": {"x": 1}})
+    with pytest.raises(ConfigError, match="did you mean 'hidden'"):
+        build_task("space_group", 64, SETTINGS, {"options": {"hiden": 128}})
     with pytest.raises(ConfigError, match="needs symmetry labels"):
         build_task("space_group", 64, GraphSettings(symmetry=False), {})
     with pytest.raises(UserError, match="unknown pretext task 'spacegroup'; installed: .*space_group"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from crysdistill.data.graph import GraphSettings
 from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderOutput
@@ -43,30 +44,42 @@ class CrystalSystemContrastive(PretextTask):
 
     Graph embeddings are L2-normalised; positives are the other structures of the batch with the
     same ``batch.crystal_system`` (7 classes); structures with an unknown system (``-1``) are left
-    out (counted in ``unknown``). The task has no parameters. Accuracy: the most similar other
-    structure in the batch has the same crystal system (in-batch 1-nearest-neighbour).
+    out (counted in ``unknown``). Accuracy: the most similar other structure in the batch has the
+    same crystal system (in-batch 1-nearest-neighbour).
 
     Args:
         temperature: NT-Xent temperature ``τ`` (0.07 in CrysGNN).
+        projection: ``0`` (default, CrysGNN: no parameters) contrasts the graph embedding itself;
+            ``p > 0`` contrasts ``Linear(D, p) → SiLU → Linear(p, p)`` of it, the projection head
+            of SimCLR, so that the clustering by crystal system need not squeeze out of the
+            embedding what the other tasks (space group above all) need.
     """
 
     needs_symmetry = True
 
     def __init__(self, width: int, settings: GraphSettings, weight: float = 0.25, *,
-                 temperature: float = 0.07) -> None:
+                 temperature: float = 0.07, projection: int = 0) -> None:
         super().__init__(width, settings, weight)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if projection < 0:
+            raise ValueError(f"projection must be >= 0, got {projection}")
         self.temperature = float(temperature)
+        self.projection = (nn.Sequential(nn.Linear(width, projection), nn.SiLU(), nn.Linear(projection, projection))
+                           if projection else None)
 
     def forward(self, batch, out: EncoderOutput, encoder: CrysGNNEncoder) -> PretextResult:
         """``out.graph`` ``(B, D)`` with ``batch.crystal_system`` ``(B,)``."""
         labels = batch.crystal_system.view(-1)
         known = labels >= 0
-        z = F.normalize(out.graph[known], dim=-1)
+        g = out.graph[known]
+        z = F.normalize(self.projection(g) if self.projection is not None else g, dim=-1)
         y = labels[known]
         if z.shape[0] < 2:
+            # zero loss that still touches every parameter, so data-parallel gradients line up
             loss = out.graph.sum() * 0.0
+            if self.projection is not None:
+                loss = loss + self.projection(out.graph[:1]).sum() * 0.0
             correct = torch.zeros((), dtype=torch.float64)
             total = torch.zeros((), dtype=torch.float64)
         else:

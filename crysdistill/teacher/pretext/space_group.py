@@ -14,17 +14,25 @@ N_SPACE_GROUPS = 230
 
 
 class SpaceGroupClassification(PretextTask):
-    """Linear ``D → 230`` on the graph embedding, cross-entropy on ``batch.spg - 1`` (CrysGNN).
+    """``D → 230`` on the graph embedding, cross-entropy on ``batch.spg - 1`` (CrysGNN).
 
     Structures spglib could not analyse (``spg == -1``) are left out of the loss and counted in
     ``unknown``. Counts: ``correct`` (top-1), ``correct5`` (top-5), ``total`` (labelled graphs).
+
+    Args:
+        hidden: ``0`` (default, CrysGNN) for a linear head; ``h > 0`` for one hidden layer,
+            ``Linear(D, h) → SiLU → Linear(h, 230)``.
     """
 
     needs_symmetry = True
 
-    def __init__(self, width: int, settings: GraphSettings, weight: float = 0.25) -> None:
+    def __init__(self, width: int, settings: GraphSettings, weight: float = 0.25, *,
+                 hidden: int = 0) -> None:
         super().__init__(width, settings, weight)
-        self.head = nn.Linear(width, N_SPACE_GROUPS)
+        if hidden < 0:
+            raise ValueError(f"hidden must be >= 0, got {hidden}")
+        self.head = (nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, N_SPACE_GROUPS))
+                     if hidden else nn.Linear(width, N_SPACE_GROUPS))
 
     def forward(self, batch, out: EncoderOutput, encoder: CrysGNNEncoder) -> PretextResult:
         """``out.graph`` ``(B, D)`` → logits ``(B, 230)`` against ``batch.spg`` ``(B,)``."""
