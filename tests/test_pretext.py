@@ -242,6 +242,10 @@ def test_build_task_from_config() -> None:
         build_task("node_features", 64, SETTINGS, {"options": {"x": 1}})
     with pytest.raises(ConfigError, match="did you mean 'hidden'"):
         build_task("space_group", 64, SETTINGS, {"options": {"hiden": 128}})
+    with pytest.raises(ConfigError, match="projection must be a whole number >= 0.*'abc'"):
+        build_task("crystal_system", 64, SETTINGS, {"options": {"projection": "abc"}})
+    with pytest.raises(ConfigError, match="hidden must be a whole number >= 0.*-1"):
+        build_task("space_group", 64, SETTINGS, {"options": {"hidden": -1}})
     with pytest.raises(ConfigError, match="needs symmetry labels"):
         build_task("space_group", 64, GraphSettings(symmetry=False), {})
     with pytest.raises(UserError, match="unknown pretext task 'spacegroup'; installed: .*space_group"):

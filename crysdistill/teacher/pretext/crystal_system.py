@@ -62,8 +62,8 @@ class CrystalSystemContrastive(PretextTask):
         super().__init__(width, settings, weight)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if projection < 0:
-            raise ValueError(f"projection must be >= 0, got {projection}")
+        if not isinstance(projection, int) or projection < 0:
+            raise ValueError(f"projection must be a whole number >= 0 (0: no projection head), got {projection!r}")
         self.temperature = float(temperature)
         self.projection = (nn.Sequential(nn.Linear(width, projection), nn.SiLU(), nn.Linear(projection, projection))
                            if projection else None)

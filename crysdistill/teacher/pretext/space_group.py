@@ -29,8 +29,8 @@ class SpaceGroupClassification(PretextTask):
     def __init__(self, width: int, settings: GraphSettings, weight: float = 0.25, *,
                  hidden: int = 0) -> None:
         super().__init__(width, settings, weight)
-        if hidden < 0:
-            raise ValueError(f"hidden must be >= 0, got {hidden}")
+        if not isinstance(hidden, int) or hidden < 0:
+            raise ValueError(f"hidden must be a whole number >= 0 (0: a linear head), got {hidden!r}")
         self.head = (nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, N_SPACE_GROUPS))
                      if hidden else nn.Linear(width, N_SPACE_GROUPS))
 
