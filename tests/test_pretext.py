@@ -13,6 +13,7 @@ from crysdistill.data.batch import collate
 from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
 from crysdistill.errors import ConfigError, UserError
 from crysdistill.teacher.encoder import CrysGNNEncoder
+from crysdistill.teacher.geometry import edge_lengths, random_displacements
 from crysdistill.teacher.pretext.base import PretextTask, build_task, task_options
 from crysdistill.teacher.pretext.connectivity import (
     ConnectivityReconstruction,
@@ -21,7 +22,6 @@ from crysdistill.teacher.pretext.connectivity import (
     sample_negative_pairs,
 )
 from crysdistill.teacher.pretext.crystal_system import CrystalSystemContrastive, supervised_nt_xent
-from crysdistill.teacher.pretext.geometry import edge_lengths, random_displacements
 from crysdistill.teacher.pretext.masked_atom import MaskedAtomPrediction
 from crysdistill.teacher.pretext.masked_edge import MaskedEdgeDistance
 from crysdistill.teacher.pretext.node_features import NodeFeatureReconstruction
@@ -307,3 +307,59 @@ def test_perturbation_without_displacement_gives_identical_copies(batch) -> None
     assert float(r.loss.detach()) < 1e-5
     with pytest.raises(ValueError, match="min_displacement"):
         PerturbationContrast(64, SETTINGS, min_displacement=0.5, max_displacement=0.1)
+
+
+def test_bond_orientation_known_lattices() -> None:
+    """Steinhardt q_4 and q_6 of fcc and hcp match the literature values (0.191/0.575 and
+    0.097/0.485), a primitive and a conventional fcc cell agree, and rotating a crystal changes
+    nothing: the values depend on the bond angles only."""
+    from pymatgen.core import Lattice
+
+    from crysdistill.teacher.geometry import bond_orientation
+
+    fcc = Structure(Lattice.cubic(3.6), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    hcp = Structure(Lattice.hexagonal(2.5, 2.5 * 1.633), ["Mg"] * 2, [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]])
+    rutile = Structure.from_spacegroup("P4_2/mnm", [[4.59, 0, 0], [0, 4.59, 0], [0, 0, 2.96]], ["Ti", "O"],
+                                       [[0, 0, 0], [0.305, 0.305, 0]])
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)).double())[0].numpy()
+    rotated = Structure(rutile.lattice.matrix @ rotation.T, rutile.species, rutile.frac_coords)
+    featurizer = CrystalGraphFeaturizer(SETTINGS)
+    cells = [fcc, fcc.get_primitive_structure(), hcp, rutile, rotated]
+    q = bond_orientation(collate([featurizer.featurize(s) for s in cells], SETTINGS), 6)
+    assert q.shape == (4 + 1 + 2 + 6 + 6, 12)
+    first_shell = q[:, :6]  # the small weighting scale: q_1 … q_6
+    assert torch.allclose(first_shell[0, [3, 5]], torch.tensor([0.191, 0.575]), atol=1e-3)
+    assert torch.allclose(first_shell[5, [3, 5]], torch.tensor([0.097, 0.485]), atol=2e-3)
+    assert torch.allclose(q[:4], q[4].expand(4, -1), atol=1e-3)  # conventional = primitive
+    assert torch.allclose(q[7:13], q[13:19], atol=1e-3)  # rotated rutile = rutile
+    assert not torch.allclose(q[7], q[0], atol=0.05)  # a TiO6 octahedron is not a Cu12 cuboctahedron
+    assert ((q >= 0) & (q <= 1 + 1e-6)).all()
+
+
+def test_encoder_with_bond_orientation_learns_and_reloads(tmp_path, batch) -> None:
+    """``encoder.angular_orders`` widens the atom input, trains with a pretext task, survives a
+    teacher checkpoint round trip, and the perturbation task feeds it the displaced positions."""
+    from crysdistill.teacher.checkpoint import load_teacher, save_teacher
+    from crysdistill.teacher.encoder import EncoderConfig
+
+    torch.manual_seed(0)
+    encoder = CrysGNNEncoder(EncoderConfig(angular_orders=4))
+    assert encoder.embedding.in_features == 92 + 8
+    task = SpaceGroupClassification(64, SETTINGS)
+    opt = torch.optim.Adam([*encoder.parameters(), *task.parameters()], lr=5e-3)
+    losses = []
+    for _ in range(25):
+        r = task(batch, encoder(batch), encoder)
+        opt.zero_grad()
+        r.loss.backward()
+        opt.step()
+        losses.append(float(r.loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    save_teacher(tmp_path / "t.pt", encoder, SETTINGS)
+    teacher = load_teacher(tmp_path / "t.pt")
+    encoder.eval()
+    assert torch.allclose(teacher.encoder(batch).node, encoder(batch).node, atol=1e-6)
+    moved = batch.cart + 0.3 * torch.randn_like(batch.cart)
+    assert not torch.allclose(encoder(batch, cart=moved).node, encoder(batch).node, atol=1e-4)
+    with pytest.raises(ValueError, match="angular_orders"):
+        EncoderConfig(angular_orders=-1)

@@ -109,6 +109,8 @@ def test_config_validation() -> None:
         load_pretrain_config(None, ["batchsize=3"])
     with pytest.raises(ConfigError, match="must match the graph"):
         load_pretrain_config(None, ["graph.cutoff=6"])
+    with pytest.raises(ConfigError, match="angular_orders must be a non-negative integer"):
+        load_pretrain_config(None, ["encoder.angular_orders=-2"])
     with pytest.raises(ConfigError, match="at least one pretext task"):
         load_pretrain_config(None, [f"tasks.{t}.weight=0" for t in PretrainConfig().tasks])
     repo_yaml = Path(__file__).resolve().parent.parent / "configs" / "pretrain.yaml"

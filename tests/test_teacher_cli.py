@@ -130,3 +130,34 @@ def test_heads_of_another_teacher_are_refused(run: Path, tmp_path: Path, capsys:
     assert "belong to teacher" in error_line(capsys, ["teacher", "eval", str(other), "--data", "sample"])
     shutil.move(heads_path(other), tmp_path / "elsewhere.pt")
     assert "heads" in error_line(capsys, ["teacher", "eval", str(other), "--data", "sample"])
+
+
+def test_eval_on_the_held_out_split(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, write_jsonl,
+                                    small_structures) -> None:
+    """``teacher eval --split val`` evaluates exactly the structures pretraining held out, reading the
+    run's split.json and its recorded corpus; a wrong or missing split is one line."""
+    from crysdistill.teacher.checkpoint import load_split
+
+    split = json.loads((run / "split.json").read_text())
+    assert main(["teacher", "eval", str(run / "teacher.pt"), "--split", "val", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_structures"] == split["n_val"] == 8
+    assert main(["teacher", "eval", str(run / "teacher.pt"), "--split", "val", "--data", "sample", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == res
+    # the shipped teacher ships its split: the 2,120 structures of the corpus it never trained on
+    shipped = load_split(load_teacher("default"))
+    assert len(shipped["val_keys"]) == shipped["n_val"] == 2120
+    assert "needs --data (or --split val" in error_line(capsys, ["teacher", "eval", str(run / "teacher.pt")])
+    other = tmp_path / "data.jsonl"
+    write_jsonl(other, [{"id": f"s{i}", "structure": s.as_dict()} for i, s in enumerate(small_structures)])
+    assert "holds none of the 8 structures held out" in error_line(
+        capsys, ["teacher", "eval", str(run / "teacher.pt"), "--split", "val", "--data", str(other)])
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run / "teacher.pt", alone / "teacher.pt")
+    shutil.copy(run / "teacher.heads.pt", alone / "teacher.heads.pt")
+    assert "no split.json beside the teacher" in error_line(
+        capsys, ["teacher", "eval", str(alone / "teacher.pt"), "--split", "val"])
+    (alone / "split.json").write_text(json.dumps({**split, "data_fingerprint": "0123456789abcdef"}))
+    assert "belongs to another pretraining run" in error_line(
+        capsys, ["teacher", "eval", str(alone / "teacher.pt"), "--split", "val"])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from crysdistill.cli.common import add_data_args, resolve_data
+from crysdistill.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=cmd_info)
     ev = tsub.add_parser("eval", help="pretext accuracies (space group, crystal system, connectivity, features) on a dataset")
     ev.add_argument("teacher", help="teacher.pt (with its teacher.heads.pt), or 'default'")
-    add_data_args(ev)
+    add_data_args(ev, required=False)
     ev.set_defaults(on_error="skip")
+    ev.add_argument("--split", choices=("val",), default=None,
+                    help="evaluate on the structures the teacher's pretraining held out (from the run's split.json; "
+                         "--data defaults to the corpus the run recorded)")
     ev.add_argument("--heads", default=None, metavar="PATH", help="heads file (default: next to the teacher)")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--threads", type=int, default=1, help="torch threads (0 = one per core; default 1)")
@@ -60,7 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from crysdistill.errors import UserError
     from crysdistill.teacher.pretrain import load_pretrain_config, pretrain
 
     if args.resume and (args.config or args.overrides or args.seed is not None):
@@ -145,7 +149,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"teacher      {teacher.path}")
     print(f"fingerprint  {teacher.fingerprint}")
     print(f"encoder      CrysGNN {enc.get('layers')} × {enc.get('width')} ({n_params:,} parameters; "
-          f"{enc.get('atom_features')} atom features, {enc.get('edge_features')} edge features)")
+          f"{enc.get('atom_features')} atom features, {enc.get('edge_features')} edge features"
+          + (f", bond orientations q_1…q_{enc['angular_orders']}" if enc.get("angular_orders") else "") + ")")
     g = desc["graph_settings"]
     print(f"graph        cutoff {g['cutoff']} Å, ≤{g['max_neighbors']} neighbours, Gaussian step {g['gaussian_step']} Å, "
           f"atom features '{g['atom_features']}', symprec {g['symprec']} (featuriser {desc['featurizer_fingerprint']})")
@@ -164,12 +169,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from crysdistill.teacher.checkpoint import load_heads, load_teacher
+    from crysdistill.teacher.checkpoint import load_heads, load_split, load_teacher
     from crysdistill.teacher.evaluate import evaluate_teacher
 
     teacher = load_teacher(args.teacher)
     heads = load_heads(teacher, args.heads)
+    split = None
+    if args.split:
+        split = load_split(teacher)
+        if args.data is None:
+            args.data = split.get("data")
+            if not args.data or (args.data != "sample" and ":" not in args.data and not os.path.exists(args.data)):
+                raise UserError(f"{split['path']}: the run's corpus {args.data!r} is not found from here; "
+                                "pass it with --data")
+    elif args.data is None:
+        raise UserError("teacher eval needs --data (or --split val to use the teacher's held-out structures)")
     graphs = _graphs(args, _graph_settings(teacher, args.overrides))
+    if split is not None:
+        graphs = _held_out(graphs, split, args.data)
     res = evaluate_teacher(teacher, heads, graphs, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(res))
@@ -188,12 +205,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _held_out(graphs, split: dict, data: str):
+    """The graphs of ``graphs`` whose cache keys are the validation keys of a pretraining split."""
+    wanted = set(split["val_keys"])
+    picked = [i for i, k in enumerate(graphs.keys) if k in wanted]
+    if not picked:
+        raise UserError(f"{data}: holds none of the {len(wanted)} structures held out in {split['path']}; "
+                        f"pass the corpus the teacher was pretrained on ({split.get('data')})")
+    if len(picked) < len(wanted):
+        print(f"warning: {data} holds {len(picked)} of the {len(wanted)} held-out structures of {split['path']}; "
+              "evaluating those", file=sys.stderr)
+    return graphs.subset(picked)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     import numpy as np
 
-    from crysdistill.errors import UserError
     from crysdistill.teacher.checkpoint import load_teacher
     from crysdistill.teacher.evaluate import embed
 

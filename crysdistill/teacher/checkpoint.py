@@ -86,16 +86,29 @@ def save_teacher(path: str | os.PathLike, encoder: CrysGNNEncoder, graph_setting
     return fp
 
 
+def bundled_teachers() -> dict[str, Path]:
+    """Teachers shipped inside the package, by name: ``weights/teacher-<name>.pt``."""
+    folder = DEFAULT_TEACHER_PATH.parent
+    return {f.name[len("teacher-"):-len(".pt")]: f for f in sorted(folder.glob("teacher-*.pt"))
+            if not f.name.endswith(".heads.pt")}
+
+
 def resolve_teacher_path(path: str | os.PathLike) -> Path:
-    """``default`` → the shipped teacher; anything else unchanged."""
-    if str(path) == "default":
-        if not DEFAULT_TEACHER_PATH.is_file():
-            raise CheckpointError(
-                f"the default teacher is not installed ({DEFAULT_TEACHER_PATH}); pretrain one with "
-                "'crysdistill pretrain' and pass its teacher.pt"
-            )
-        return DEFAULT_TEACHER_PATH
-    return Path(path)
+    """A shipped teacher's name (``default``, …) → its file; anything else unchanged."""
+    name = str(path)
+    if name == "default" and not DEFAULT_TEACHER_PATH.is_file():
+        raise CheckpointError(
+            f"the default teacher is not installed ({DEFAULT_TEACHER_PATH}); pretrain one with "
+            "'crysdistill pretrain' and pass its teacher.pt"
+        )
+    bundled = bundled_teachers()
+    if name in bundled and not Path(name).exists():
+        return bundled[name]
+    p = Path(path)
+    if not p.exists() and p.suffix == "" and len(p.parts) == 1:
+        raise CheckpointError(f"{name}: neither a teacher file nor a shipped teacher (shipped: "
+                              f"{', '.join(bundled) or 'none'})")
+    return p
 
 
 def load_teacher(path: str | os.PathLike = "default") -> Teacher:
@@ -140,6 +153,40 @@ def check_compatible(teacher: Teacher, settings: GraphSettings, source: str = "d
             f"{teacher.path}: teacher was made with another featuriser ({detail}); build the data with the "
             "teacher's graph settings or use a matching teacher"
         )
+
+
+def load_split(teacher: Teacher) -> dict:
+    """The pretraining split of ``teacher``: ``split.json`` of its run folder (or, for a teacher file
+    copied elsewhere such as the shipped one, ``<name>.split.json`` beside it).
+
+    Returns:
+        The split record: ``data`` (the corpus path as given to ``pretrain``), ``val_ids``,
+        ``val_keys`` (graph cache keys of the held-out structures), ``data_fingerprint``, sizes.
+
+    Raises:
+        CheckpointError: no split file, or one written by another run than this teacher's.
+    """
+    import json
+
+    p = Path(teacher.path)
+    candidates = [p.with_name(p.name[:-3] + ".split.json" if p.name.endswith(".pt") else p.name + ".split.json"),
+                  p.with_name("split.json")]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise CheckpointError(f"{p}: no split.json beside the teacher; --split needs the pretraining run's folder "
+                              "(or pass --data with the structures to evaluate)")
+    try:
+        split = json.loads(path.read_text())
+        keys = split["val_keys"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a pretraining split file ({exc})") from None
+    expected = teacher.meta.get("data_fingerprint")
+    if expected and split.get("data_fingerprint") not in (None, expected):
+        raise CheckpointError(f"{path}: belongs to another pretraining run (data fingerprint "
+                              f"{split.get('data_fingerprint')} vs the teacher's {expected})")
+    split["val_keys"] = list(keys)
+    split["path"] = str(path)
+    return split
 
 
 HEADS_KIND = "crysdistill-teacher-heads"

@@ -10,6 +10,11 @@ of the 92-bit atom vector to ``width``, then ``layers`` CGCNN convolutions
     \\mathrm{softplus}(c_{ij}))\\big)
 
 Node embeddings are L2-normalised per atom; the graph embedding is their mean.
+
+With ``angular_orders = L > 0`` (off by default, as in CrysGNN), each atom's input vector also
+carries the Steinhardt bond-orientational order ``q_1 … q_L`` of its neighbours at two distance
+weightings (:func:`crysdistill.teacher.geometry.bond_orientation`): the angles between bonds,
+which a graph of distances alone does not see.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.utils import scatter
 
+from crysdistill.teacher.geometry import ORIENTATION_SCALES, bond_orientation
+
 
 @dataclass
 class EncoderConfig:
@@ -30,6 +37,17 @@ class EncoderConfig:
     edge_features: int = 41
     width: int = 64
     layers: int = 5
+    angular_orders: int = 0
+
+    def __post_init__(self) -> None:
+        a = self.angular_orders
+        if isinstance(a, bool) or not isinstance(a, int) or a < 0:
+            raise ValueError(f"encoder.angular_orders must be a non-negative integer (0 = off), got {a!r}")
+
+    @property
+    def input_features(self) -> int:
+        """Width of each atom's input vector: atom features plus the bond-orientation values."""
+        return self.atom_features + self.angular_orders * len(ORIENTATION_SCALES)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,23 +109,29 @@ class CrysGNNEncoder(nn.Module):
         super().__init__()
         self.config = config or EncoderConfig()
         c = self.config
-        self.embedding = nn.Linear(c.atom_features, c.width, bias=False)
+        self.embedding = nn.Linear(c.input_features, c.width, bias=False)
         self.convs = nn.ModuleList([CGCNNConv(c.width, c.edge_features) for _ in range(c.layers)])
 
     @property
     def width(self) -> int:
         return self.config.width
 
-    def forward(self, batch, x: torch.Tensor | None = None, edge_attr: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, batch, x: torch.Tensor | None = None, edge_attr: torch.Tensor | None = None,
+                cart: torch.Tensor | None = None) -> EncoderOutput:
         """Encode a PyG batch from :func:`crysdistill.data.batch.collate`.
 
         Args:
-            batch: needs ``x`` ``(N, F)``, ``edge_index``, ``edge_attr`` ``(E, G)`` and ``batch``.
+            batch: needs ``x`` ``(N, F)``, ``edge_index``, ``edge_attr`` ``(E, G)`` and ``batch``
+                (and ``cart``, ``image``, ``lattice`` when ``angular_orders > 0``).
             x: optional replacement atom features (e.g. with masked atoms).
             edge_attr: optional replacement edge features (e.g. from perturbed positions).
+            cart: optional displaced positions ``(N, 3)`` for the bond orientations (pass them
+                with the ``edge_attr`` computed from them).
         """
         x = batch.x if x is None else x
         edge_attr = batch.edge_attr if edge_attr is None else edge_attr
+        if self.config.angular_orders:
+            x = torch.cat([x, bond_orientation(batch, self.config.angular_orders, cart).to(x.dtype)], dim=-1)
         h = self.embedding(x)
         layers = [h]
         for conv in self.convs:

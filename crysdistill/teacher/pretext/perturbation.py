@@ -8,8 +8,8 @@ from torch import nn
 
 from crysdistill.data.graph import GraphSettings, gaussian_expansion
 from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderOutput
+from crysdistill.teacher.geometry import edge_lengths, random_displacements
 from crysdistill.teacher.pretext.base import PretextResult, PretextTask
-from crysdistill.teacher.pretext.geometry import edge_lengths, random_displacements
 
 
 class PerturbationContrast(PretextTask):
@@ -55,7 +55,7 @@ class PerturbationContrast(PretextTask):
         cart = batch.cart + random_displacements(batch.cart.shape[0], self.low, self.high,
                                                  device=batch.cart.device, dtype=batch.cart.dtype)
         edge_attr = gaussian_expansion(edge_lengths(batch, cart), self.settings).to(batch.edge_attr.dtype)
-        return F.normalize(self.projection(encoder(batch, edge_attr=edge_attr).graph), dim=-1)
+        return F.normalize(self.projection(encoder(batch, edge_attr=edge_attr, cart=cart).graph), dim=-1)
 
     def forward(self, batch, out: EncoderOutput, encoder: CrysGNNEncoder) -> PretextResult:
         """Two displaced copies of ``batch.cart`` ``(N, 3)`` → graph embeddings ``(B, D)`` each."""
