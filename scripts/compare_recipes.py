@@ -1,14 +1,20 @@
 #!/usr/bin/env python
 """Choose a pretraining recipe by the probe, not by guesswork.
 
-Pretrains one small teacher per recipe (the same corpus subset, epochs and seed for all), then
-probes each on labelled sets the evidence benchmark does not use: how much of the last layer's
+Pretrains one small teacher per recipe (the same corpus subset, epochs and seed for all), scores
+its pretext heads on the structures its pretraining held out (``crysdistill teacher eval --split
+val``: space-group top-1/top-5, crystal system by nearest centroid), then probes each on labelled
+sets the evidence benchmark does not use (``--no-probes`` skips this): how much of the last layer's
 atom embeddings the element explains, how similar atom embeddings are (collapse), and ridge
 probes of each target from the per-structure embeddings — the last layer (the one distilled by
 default) and layers 0…L together (the multi-scale descriptor) — next to an untrained twin and a
 composition baseline measured in the same run.
 
     python scripts/compare_recipes.py --limit 4000 --epochs 4 --out runs/recipes
+    # the pretext-head ablation of docs/teacher.md (11,000 structures x 5 epochs)
+    python scripts/compare_recipes.py --limit 11000 --epochs 5 --no-probes --out runs/ablation \
+        --recipes "crysgnn,sg hidden,cs projection,both heads,angular,angular + both heads" \
+        -O threads=1 -O loader_workers=0 -O val_fraction=0.1
 
 A recipe is a list of ``key=value`` overrides of configs/pretrain.yaml (see RECIPES below, or
 ``--recipe name:key=value,key=value``). Teachers already in ``--out`` are reused, so the script
@@ -31,6 +37,12 @@ RECIPES = {
     "+perturbation": ["tasks.perturbation.weight=0.25"],
     "+all three": ["tasks.masked_atom.weight=0.25", "tasks.masked_edge.weight=0.25",
                    "tasks.perturbation.weight=0.25"],
+    "sg hidden": ["tasks.space_group.options.hidden=256"],
+    "cs projection": ["tasks.crystal_system.options.projection=64"],
+    "both heads": ["tasks.space_group.options.hidden=256", "tasks.crystal_system.options.projection=64"],
+    "angular": ["encoder.angular_orders=8"],
+    "angular + both heads": ["encoder.angular_orders=8", "tasks.space_group.options.hidden=256",
+                             "tasks.crystal_system.options.projection=64"],
 }
 PROBES = [  # (file, target): labelled sets that the evidence benchmark does not train or test on
     ("mp_eform_flla2015.jsonl.gz", "formation_energy_per_atom"),
@@ -50,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", action="append", default=[], metavar="NAME=PATH",
                    help="also probe an existing teacher (e.g. shipped=default)")
     p.add_argument("--untrained", type=int, default=3, help="untrained twins per probe")
+    p.add_argument("--no-probes", action="store_true", help="only pretrain and score the pretext heads")
     p.add_argument("-O", "--override", action="append", default=[], metavar="key=value",
                    help="override for every recipe (e.g. threads=1)")
     p.add_argument("--out", default="runs/recipes")
@@ -58,7 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from crysdistill.teacher.checkpoint import load_teacher
+    from crysdistill.errors import CheckpointError
+    from crysdistill.teacher.checkpoint import load_heads, load_split, load_teacher
+    from crysdistill.teacher.data import stream_graphs
+    from crysdistill.teacher.evaluate import evaluate_teacher, held_out_graphs
     from crysdistill.teacher.pretrain import load_pretrain_config, pretrain
     from crysdistill.teacher.probe import probe_teacher
 
@@ -69,6 +85,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     existing = dict(spec.split("=", 1) for spec in args.teacher)
+    corpus = {}  # graph-settings fingerprint → the featurised --data subset
     for name in existing:
         recipes[name] = None
     for name, overrides in recipes.items():
@@ -84,8 +101,19 @@ def main(argv=None) -> int:
         wall = run / "wall_seconds.txt"
         entry = {"overrides": overrides, "fingerprint": teacher.fingerprint, "teacher": teacher.path,
                  "pretrain_seconds": float(wall.read_text()) if wall.exists() else None,
-                 "pretext": teacher.meta.get("metrics", {}), "probes": {}}
-        for fname, target in PROBES:
+                 "pretext": teacher.meta.get("metrics", {}), "held_out": None, "probes": {}}
+        try:
+            split = load_split(teacher)
+        except CheckpointError:
+            split = None  # an existing teacher without its run folder: no held-out score
+        if split is not None:
+            key = json.dumps(teacher.graph_settings.to_dict(), sort_keys=True)
+            if key not in corpus:
+                corpus[key] = stream_graphs(args.data, teacher.graph_settings, limit=args.limit)
+            res = evaluate_teacher(teacher, load_heads(teacher), held_out_graphs(corpus[key], split, args.data))
+            entry["held_out"] = {k: res[k] for k in ("n_structures", "space_group_top1", "space_group_top5",
+                                                     "crystal_system_accuracy")}
+        for fname, target in [] if args.no_probes else PROBES:
             res = probe_teacher(teacher, os.path.join(args.data_dir, fname), target=target, seed=args.seed,
                                 n_untrained=args.untrained)
             rows, per_layer = res["probe"]["rows"], res["probe"]["per_layer"]
@@ -106,15 +134,16 @@ def main(argv=None) -> int:
 
 
 def table(results: dict) -> str:
-    targets = [t for _, t in PROBES]
-    head = ["recipe", "pretrain s", "space group", "crystal sys"]
+    targets = [t for _, t in PROBES if all(t in e["probes"] for e in results.values())]
+    head = ["recipe", "pretrain s", "held out", "space group top-1", "top-5", "crystal system (centroid)"]
     for t in targets:
         head += [f"{t}: element R² (last)", "probe MAE last layer (untrained)", "probe MAE layers 0…L (untrained mean)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, e in results.items():
-        m = e["pretext"] or {}
-        cells = [name, f"{e['pretrain_seconds']:.0f}" if e["pretrain_seconds"] else "—",
-                 f"{m.get('space_group_acc', float('nan')):.3f}", f"{m.get('crystal_system_acc', float('nan')):.3f}"]
+        h = e.get("held_out") or {}
+        cells = [name, f"{e['pretrain_seconds']:.0f}" if e["pretrain_seconds"] else "—", str(h.get("n_structures", "—"))]
+        cells += [f"{h[k]:.3f}" if h.get(k) is not None else "—"
+                  for k in ("space_group_top1", "space_group_top5", "crystal_system_accuracy")]
         for t in targets:
             p = e["probes"][t]
             un = sum(p["untrained_mae_all"]) / len(p["untrained_mae_all"])

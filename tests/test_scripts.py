@@ -88,14 +88,20 @@ def test_compare_recipes_pretrains_probes_and_reuses(tmp_path, sample_path, prob
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"crysgnn", "narrow"}
     assert results["narrow"]["overrides"] == ["encoder.width=16"]
-    for entry in results.values():
+    for name, entry in results.items():
         assert set(entry["probes"]) == {"formation_energy_per_atom", "log_kvrh"}
         for p in entry["probes"].values():
             assert p["n_labelled"] == 40 and p["mae_last"] > 0 and p["composition_mae"] > 0
+        # the pretext heads are scored on exactly the structures that run held out
+        n_val = json.loads((out / name / "split.json").read_text())["n_val"]
+        assert entry["held_out"]["n_structures"] == n_val == 2
+        assert 0 <= entry["held_out"]["space_group_top1"] <= entry["held_out"]["space_group_top5"] <= 1
     # the table has a row per recipe, and a second call reuses the teachers instead of pretraining again
-    assert re.search(r"^\| narrow \| \d+ \| 0\.\d{3} \| 0\.\d{3} \|", first, flags=re.M)
-    assert recipes.main(argv) == 0
-    assert "pretrained in" not in capsys.readouterr().out
+    assert re.search(r"^\| narrow \| \d+ \| 2 \| [01]\.\d{3} \| [01]\.\d{3} \| [01]\.\d{3} \| 0\.\d{3}", first,
+                     flags=re.M)
+    assert recipes.main([*argv, "--no-probes"]) == 0
+    second = capsys.readouterr().out
+    assert "pretrained in" not in second and "log_kvrh" not in second
 
 
 @pytest.mark.slow

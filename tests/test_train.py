@@ -88,6 +88,22 @@ def test_distilled_run_keeps_teacher_frozen(tmp_path, teacher_path):
     assert float(rows[0]["train_distill_node"]) > 0
 
 
+def test_distilled_from_a_teacher_with_bond_angles(tmp_path):
+    """A teacher whose encoder reads bond orientations (``encoder.angular_orders``) distils like
+    any other: its embeddings come from the cached graph's positions, nothing else is needed."""
+    from crysdistill.data.graph import GraphSettings
+    from crysdistill.teacher.checkpoint import save_teacher
+    from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
+
+    torch.manual_seed(2)
+    path = tmp_path / "angular.pt"
+    save_teacher(path, CrysGNNEncoder(EncoderConfig(width=16, layers=2, angular_orders=3)), GraphSettings())
+    cfg = _cfg(tmp_path, teacher=path)
+    prep = prepare(cfg, SAMPLE)
+    assert prep.teacher.encoder.config.angular_orders == 3 and prep.embeddings.n_computed == 48
+    assert np.isfinite(fit(cfg, prep, tmp_path / "run")["val_mae"])
+
+
 def test_safeguard_grid_selects_on_validation(tmp_path, teacher_path):
     out = tmp_path / "run"
     rc = main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",

@@ -170,7 +170,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from crysdistill.teacher.checkpoint import load_heads, load_split, load_teacher
-    from crysdistill.teacher.evaluate import evaluate_teacher
+    from crysdistill.teacher.evaluate import evaluate_teacher, held_out_graphs
 
     teacher = load_teacher(args.teacher)
     heads = load_heads(teacher, args.heads)
@@ -186,7 +186,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("teacher eval needs --data (or --split val to use the teacher's held-out structures)")
     graphs = _graphs(args, _graph_settings(teacher, args.overrides))
     if split is not None:
-        graphs = _held_out(graphs, split, args.data)
+        graphs = held_out_graphs(graphs, split, args.data)
+        if len(graphs) < len(split["val_keys"]):
+            print(f"warning: {args.data} holds {len(graphs)} of the {len(split['val_keys'])} held-out structures of "
+                  f"{split['path']}; evaluating those", file=sys.stderr)
     res = evaluate_teacher(teacher, heads, graphs, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(res))
@@ -203,19 +206,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{label:<36}{'—' if v is None else f'{v:.4f}':>10}{'—' if b is None else f'{b:.4f}':>10}")
     sys.stdout.flush()
     return 0
-
-
-def _held_out(graphs, split: dict, data: str):
-    """The graphs of ``graphs`` whose cache keys are the validation keys of a pretraining split."""
-    wanted = set(split["val_keys"])
-    picked = [i for i, k in enumerate(graphs.keys) if k in wanted]
-    if not picked:
-        raise UserError(f"{data}: holds none of the {len(wanted)} structures held out in {split['path']}; "
-                        f"pass the corpus the teacher was pretrained on ({split.get('data')})")
-    if len(picked) < len(wanted):
-        print(f"warning: {data} holds {len(picked)} of the {len(wanted)} held-out structures of {split['path']}; "
-              "evaluating those", file=sys.stderr)
-    return graphs.subset(picked)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -95,6 +95,26 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a) / float(b) if b else None
 
 
+def held_out_graphs(graphs: GraphSet, split: dict, data: str) -> GraphSet:
+    """The graphs whose cache keys are the held-out (``val_keys``) structures of a pretraining split.
+
+    Args:
+        graphs: a featurised dataset (normally the run's corpus).
+        split: from :func:`crysdistill.teacher.checkpoint.load_split`.
+        data: the dataset's name, for the error.
+
+    Raises:
+        UserError: ``graphs`` holds none of them. Fewer than all is allowed: compare the result's
+            length with ``len(split["val_keys"])``.
+    """
+    wanted = set(split["val_keys"])
+    picked = [i for i, k in enumerate(graphs.keys) if k in wanted]
+    if not picked:
+        raise UserError(f"{data}: holds none of the {len(wanted)} structures held out in {split['path']}; "
+                        f"pass the corpus the teacher was pretrained on ({split.get('data')})")
+    return graphs.subset(picked)
+
+
 def evaluate_teacher(teacher: Teacher, heads: dict, graphs: GraphSet, device: torch.device | None = None,
                      batch_size: int = 128) -> dict:
     """Pretext accuracies of a teacher and its heads on ``graphs``, with majority baselines.
