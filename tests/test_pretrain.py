@@ -111,6 +111,11 @@ def test_config_validation() -> None:
         load_pretrain_config(None, ["graph.cutoff=6"])
     with pytest.raises(ConfigError, match="angular_orders must be a non-negative integer"):
         load_pretrain_config(None, ["encoder.angular_orders=-2"])
+    # a bad pretext option or task name fails with the config, before any structure is read
+    with pytest.raises(ConfigError, match="did you mean 'projection'"):
+        load_pretrain_config(None, ["tasks.crystal_system.options.projecton=64"])
+    with pytest.raises(UserError, match="unknown pretext task .masked_atm.; installed: "):
+        load_pretrain_config(None, ["tasks.masked_atm.weight=0.2"])
     with pytest.raises(ConfigError, match="at least one pretext task"):
         load_pretrain_config(None, [f"tasks.{t}.weight=0" for t in PretrainConfig().tasks])
     repo_yaml = Path(__file__).resolve().parent.parent / "configs" / "pretrain.yaml"

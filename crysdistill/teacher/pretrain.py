@@ -125,6 +125,8 @@ class PretrainConfig:
         if not isinstance(self.tasks, Mapping) or not any(
                 float((spec or {}).get("weight", 0.25)) > 0 for spec in self.tasks.values()):
             raise ConfigError("tasks: at least one pretext task needs a weight > 0")
+        for name, spec in self.active_tasks().items():
+            build_task(name, self.encoder.width, self.graph, spec)  # a bad task or option fails now, before any data is read
 
     def active_tasks(self) -> dict[str, dict]:
         """Tasks with a weight > 0, as ``{name: {"weight": w, "options": {…}}}``."""
