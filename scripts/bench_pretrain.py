@@ -8,7 +8,9 @@ Prints three tables, each with ratios to a baseline measured in the same run:
    all-pairs O(N²) formulation of CrysGNN (every ordered atom pair of every cell, one bilinear
    call per crystal, class 0 weighted 0.1), both measured as "step with it − step without it",
    on random batches and on batches of the largest cells;
-3. peak memory of pretraining (reading and caching the corpus, then ``--steps`` training steps)
+3. the cost of the bond-orientation input (``encoder.angular_orders``): full steps with it next to
+   steps of the same model without it, interleaved on the same batches;
+4. peak memory of pretraining (reading and caching the corpus, then ``--steps`` training steps)
    on the first 4,000 structures and on the whole corpus, each in a fresh subprocess:
    ``ru_maxrss`` and the peak of anonymous memory (``RssAnon``, which leaves out the pages of the
    memory-mapped graph cache).
@@ -130,6 +132,35 @@ def throughput_and_share(data: str, config: PretrainConfig, n_batches: int, repe
     return res
 
 
+def angular_cost(data: str, config: PretrainConfig, n_batches: int, repeats: int, orders: int) -> dict:
+    """Median seconds per full pretraining step (the four tasks) without and with the bond
+    orientations ``q_1 … q_orders`` in the encoder input, alternating batch by batch."""
+    from dataclasses import replace
+
+    bs = config.batch_size
+    graphs = stream_graphs(data, config.graph, limit=n_batches * bs)
+    items = [graphs[i] for i in range(len(graphs))]
+    batches = [collate(items[k:k + bs], config.graph) for k in range(0, len(items), bs)][:n_batches]
+    models = {}
+    for name, n in (("distances only", 0), (f"with q_1…q_{orders}", orders)):
+        torch.manual_seed(0)
+        cfg = replace(config, encoder=replace(config.encoder, angular_orders=n))
+        model = PretrainModel(cfg)
+        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(repeats + 1):
+        for batch in batches:
+            for name, (model, opt) in models.items():
+                t0 = time.perf_counter()
+                loss, _ = model(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if r > 0:
+                    times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def rss_child(data: str, steps: int, threads: int) -> None:
     """Stream the corpus into the cache and run ``steps`` pretraining steps; print peak memory as JSON."""
     torch.set_num_threads(threads)
@@ -168,6 +199,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="training steps of each memory run")
     ap.add_argument("--small", type=int, default=4000, help="structures of the random subset (memory run, timings)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--angular-orders", type=int, default=8, help="orders of the bond-orientation input timed")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -202,6 +234,14 @@ def report(args: argparse.Namespace, config: PretrainConfig, subset: str) -> Non
               f"{max(full - none, 0.0) / full:.1%} | 1.00× |")
         print(f"| all ordered pairs of each cell | {ap2 - none:.3f} | {max(ap2 - none, 0.0) / ap2:.1%} | "
               f"{(ap2 - none) / max(full - none, 1e-9):.1f}× |")
+    cost = angular_cost(subset, config, args.batches, args.repeats, args.angular_orders)
+    base = next(iter(cost.values()))
+    print(f"\n## Bond orientations in the encoder input ({args.batches} batches of {bs} drawn at random, all four "
+          "CrysGNN tasks)\n")
+    print("| encoder input | s / step | structures / s | ratio to distances only |")
+    print("|---|---|---|---|")
+    for name, t in cost.items():
+        print(f"| {name} | {t:.3f} | {bs / t:.1f} | {t / base:.2f}× |")
     if args.skip_memory:
         return
     rows = []
