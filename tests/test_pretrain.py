@@ -119,7 +119,20 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="at least one pretext task"):
         load_pretrain_config(None, [f"tasks.{t}.weight=0" for t in PretrainConfig().tasks])
     repo_yaml = Path(__file__).resolve().parent.parent / "configs" / "pretrain.yaml"
-    assert load_pretrain_config(repo_yaml).optim == PretrainConfig().optim
+    default = load_pretrain_config(repo_yaml)
+    assert default.optim == PretrainConfig().optim and default.encoder == PretrainConfig().encoder
+    assert (default.encoder.angular_orders, default.tasks["space_group"]["options"]["hidden"],
+            default.tasks["crystal_system"]["options"]["projection"]) == (8, 256, 64)
+    # configs/crysgnn.yaml is CrysGNN as published: distances only, a linear head, contrast on the embedding
+    crysgnn = load_pretrain_config(repo_yaml.with_name("crysgnn.yaml"), ["encoder.layers=3"])
+    assert (crysgnn.encoder.angular_orders, crysgnn.encoder.layers) == (0, 3)
+    assert crysgnn.tasks["space_group"]["options"] == {"hidden": 0}
+    assert crysgnn.tasks["crystal_system"]["options"] == {"projection": 0}
+    # a run stored before these defaults changed resumes with what it had (the encoder's own default)
+    from crysdistill.config import from_dict
+
+    old = from_dict(PretrainConfig, {"encoder": {"width": 64, "layers": 5}, "tasks": {"space_group": {"weight": 1}}})
+    assert old.encoder.angular_orders == 0
 
 
 def test_schedule_warmup_then_cosine() -> None:

@@ -93,6 +93,21 @@ def test_default_teacher(capsys: pytest.CaptureFixture) -> None:
         assert code == 2 and "default teacher is not installed" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not DEFAULT_TEACHER_PATH.is_file(), reason="no teachers installed")
+def test_shipped_teachers_load_and_evaluate(capsys: pytest.CaptureFixture) -> None:
+    """Both shipped teachers, the default (bond angles, two head options) and CrysGNN's as
+    published, evaluate with their own heads, each built from the options it recorded."""
+    from crysdistill.teacher.checkpoint import bundled_teachers
+
+    assert {"default", "crysgnn"} <= set(bundled_teachers())
+    angles = {"default": 8, "crysgnn": 0}
+    for name, orders in angles.items():
+        assert load_teacher(name).encoder.config.angular_orders == orders
+        assert main(["teacher", "eval", name, "--data", "sample", "--limit", "12", "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["n_structures"] == 12 and 0 <= res["space_group_top1"] <= res["space_group_top5"] <= 1
+
+
 def test_bad_inputs(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -155,7 +155,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"graph        cutoff {g['cutoff']} Å, ≤{g['max_neighbors']} neighbours, Gaussian step {g['gaussian_step']} Å, "
           f"atom features '{g['atom_features']}', symprec {g['symprec']} (featuriser {desc['featurizer_fingerprint']})")
     tasks = desc["tasks"] or {}
-    print("tasks        " + (", ".join(f"{n} (weight {s.get('weight')})" for n, s in tasks.items()) or "none recorded"))
+    print("tasks        " + (", ".join(
+        f"{n} (weight {s.get('weight')}" + "".join(f", {k} {v}" for k, v in (s.get("options") or {}).items()) + ")"
+        for n, s in tasks.items()) or "none recorded"))
     if desc["epoch"] is not None:
         print(f"trained      {desc['epoch']} epoch(s) on {desc['n_train']} structures ({desc['n_val']} held out) "
               f"from {desc['data']} (data {desc['data_fingerprint']})")

@@ -46,9 +46,16 @@ log = logging.getLogger("crysdistill.pretrain")
 
 STATE_KIND = "crysdistill-pretrain-state"
 
-#: The CrysGNN pretext tasks, 0.25 each.
+#: The CrysGNN pretext tasks, 0.25 each, with a hidden layer in the space-group head and a
+#: projection head for the crystal-system contrast (configs/crysgnn.yaml turns both off).
 DEFAULT_TASKS = {name: {"weight": 0.25, "options": {}}
                  for name in ("node_features", "connectivity", "space_group", "crystal_system")}
+DEFAULT_TASKS["space_group"]["options"] = {"hidden": 256}
+DEFAULT_TASKS["crystal_system"]["options"] = {"projection": 64}
+
+#: Encoder settings that differ from :class:`EncoderConfig`'s own (CrysGNN's): bond orientations
+#: q_1…q_8 in the atom input. Checkpoints record every setting, so older runs keep theirs.
+DEFAULT_ENCODER = {"angular_orders": 8}
 
 
 @dataclass
@@ -79,11 +86,12 @@ class PretrainConfig:
     """Everything that defines a pretraining run (stored in ``last.pt`` and ``teacher.pt``).
 
     Attributes:
-        encoder: encoder sizes.
+        encoder: encoder sizes and input (bond orientations ``angular_orders``, default 8; 0 is CrysGNN's).
         graph: crystal-graph settings (symmetry labels are needed by the space-group and
             crystal-system tasks).
         tasks: ``{name: {"weight": w, "options": {…}}}``; names are ``crysdistill.pretext`` entry
-            points; a weight of 0 leaves the task out. Entries merge into the CrysGNN defaults.
+            points; a weight of 0 leaves the task out. Entries merge into the defaults (the CrysGNN
+            tasks, with the two head options of :data:`DEFAULT_TASKS`).
         optim: optimiser and schedule.
         batch_size: structures per optimiser step (over all processes together).
         epochs: passes over the training split.
@@ -97,7 +105,7 @@ class PretrainConfig:
             majority baselines stored with the heads.
     """
 
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(**DEFAULT_ENCODER))
     graph: GraphSettings = field(default_factory=GraphSettings)
     tasks: dict = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_TASKS)))
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -147,7 +155,8 @@ def load_pretrain_config(path: str | os.PathLike | None = None, overrides: tuple
     Raises:
         ConfigError: unknown key (with the nearest valid one) or a bad value.
     """
-    return load_config(PretrainConfig, path, overrides, extra, base={"tasks": json.loads(json.dumps(DEFAULT_TASKS))})
+    return load_config(PretrainConfig, path, overrides, extra,
+                       base={"tasks": json.loads(json.dumps(DEFAULT_TASKS)), "encoder": dict(DEFAULT_ENCODER)})
 
 
 class PretrainModel(nn.Module):
