@@ -114,16 +114,22 @@ def time_steps(model: PretrainModel, batches: list, repeats: int) -> dict[str, f
     return {mode: float(np.median(t)) for mode, t in times.items()}
 
 
-def throughput_and_share(data: str, config: PretrainConfig, n_batches: int, repeats: int,
-                         largest: bool = False) -> dict:
-    """Step times on ``n_batches`` batches of the first structures of ``data`` (``largest``: of
-    the structures with the most atoms instead)."""
+def load_batches(data: str, config: PretrainConfig, n_batches: int, largest: bool = False) -> list:
+    """``n_batches`` collated batches of the first structures of ``data`` (``largest``: of the
+    structures with the most atoms instead)."""
     bs = config.batch_size
     graphs = stream_graphs(data, config.graph, limit=None if largest else n_batches * bs)
     items = [graphs[i] for i in range(len(graphs))]
     if largest:
         items = sorted(items, key=lambda g: -len(g["z"]))[:n_batches * bs]
-    batches = [collate(items[k:k + bs], config.graph) for k in range(0, len(items), bs)][:n_batches]
+    return [collate(items[k:k + bs], config.graph) for k in range(0, len(items), bs)][:n_batches]
+
+
+def throughput_and_share(data: str, config: PretrainConfig, n_batches: int, repeats: int,
+                         largest: bool = False) -> dict:
+    """Step times on ``n_batches`` batches of the first structures of ``data`` (``largest``: of
+    the structures with the most atoms instead)."""
+    batches = load_batches(data, config, n_batches, largest)
     torch.manual_seed(0)
     model = PretrainModel(config)
     res = {"structures": sum(int(b.num_graphs) for b in batches),
@@ -137,10 +143,7 @@ def angular_cost(data: str, config: PretrainConfig, n_batches: int, repeats: int
     orientations ``q_1 … q_orders`` in the encoder input, alternating batch by batch."""
     from dataclasses import replace
 
-    bs = config.batch_size
-    graphs = stream_graphs(data, config.graph, limit=n_batches * bs)
-    items = [graphs[i] for i in range(len(graphs))]
-    batches = [collate(items[k:k + bs], config.graph) for k in range(0, len(items), bs)][:n_batches]
+    batches = load_batches(data, config, n_batches)
     models = {}
     for name, n in (("distances only", 0), (f"with q_1…q_{orders}", orders)):
         torch.manual_seed(0)

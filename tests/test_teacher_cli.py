@@ -174,6 +174,9 @@ def test_eval_on_the_held_out_split(run: Path, tmp_path: Path, capsys: pytest.Ca
     shutil.copy(run / "teacher.heads.pt", alone / "teacher.heads.pt")
     assert "no split.json beside the teacher" in error_line(
         capsys, ["teacher", "eval", str(alone / "teacher.pt"), "--split", "val"])
+    (alone / "split.json").write_text(json.dumps({**split, "data": str(tmp_path / "moved.jsonl.gz")}))
+    line = error_line(capsys, ["teacher", "eval", str(alone / "teacher.pt"), "--split", "val"])
+    assert "moved.jsonl.gz" in line and "the corpus recorded in" in line and "pass --data" in line
     (alone / "split.json").write_text(json.dumps({**split, "data_fingerprint": "0123456789abcdef"}))
     assert "belongs to another pretraining run" in error_line(
         capsys, ["teacher", "eval", str(alone / "teacher.pt"), "--split", "val"])

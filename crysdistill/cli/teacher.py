@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from crysdistill.cli.common import add_data_args, resolve_data
@@ -176,17 +175,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     teacher = load_teacher(args.teacher)
     heads = load_heads(teacher, args.heads)
-    split = None
-    if args.split:
-        split = load_split(teacher)
-        if args.data is None:
-            args.data = split.get("data")
-            if not args.data or (args.data != "sample" and ":" not in args.data and not os.path.exists(args.data)):
-                raise UserError(f"{split['path']}: the run's corpus {args.data!r} is not found from here; "
-                                "pass it with --data")
-    elif args.data is None:
-        raise UserError("teacher eval needs --data (or --split val to use the teacher's held-out structures)")
-    graphs = _graphs(args, _graph_settings(teacher, args.overrides))
+    split = load_split(teacher) if args.split else None
+    recorded = split is not None and args.data is None
+    if recorded:
+        args.data = split.get("data")
+    if not args.data:
+        raise UserError("teacher eval needs --data (or --split val to use the teacher's held-out structures)"
+                        if split is None else f"{split['path']}: records no corpus; pass it with --data")
+    try:
+        graphs = _graphs(args, _graph_settings(teacher, args.overrides))
+    except UserError as exc:
+        if not recorded:
+            raise
+        raise UserError(f"{exc} (the corpus recorded in {split['path']}; pass --data to read it from elsewhere)") from None
     if split is not None:
         graphs = held_out_graphs(graphs, split, args.data)
         if len(graphs) < len(split["val_keys"]):

@@ -169,8 +169,7 @@ def load_split(teacher: Teacher) -> dict:
     import json
 
     p = Path(teacher.path)
-    candidates = [p.with_name(p.name[:-3] + ".split.json" if p.name.endswith(".pt") else p.name + ".split.json"),
-                  p.with_name("split.json")]
+    candidates = [companion_path(p, ".split.json"), p.with_name("split.json")]
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
         raise CheckpointError(f"{p}: no split.json beside the teacher; --split needs the pretraining run's folder "
@@ -192,10 +191,15 @@ def load_split(teacher: Teacher) -> dict:
 HEADS_KIND = "crysdistill-teacher-heads"
 
 
+def companion_path(teacher_path: str | os.PathLike, suffix: str) -> Path:
+    """A file that goes with a teacher: ``teacher.pt`` → ``teacher<suffix>`` (e.g. ``.heads.pt``)."""
+    p = Path(teacher_path)
+    return p.with_name((p.name[:-3] if p.name.endswith(".pt") else p.name) + suffix)
+
+
 def heads_path(teacher_path: str | os.PathLike) -> Path:
     """The heads file that goes with a teacher: ``teacher.pt`` → ``teacher.heads.pt``."""
-    p = Path(teacher_path)
-    return p.with_name(p.name[:-3] + ".heads.pt" if p.name.endswith(".pt") else p.name + ".heads.pt")
+    return companion_path(teacher_path, ".heads.pt")
 
 
 def save_heads(path: str | os.PathLike, teacher_fingerprint: str, tasks: dict, heads: dict,
