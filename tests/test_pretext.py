@@ -363,3 +363,34 @@ def test_encoder_with_bond_orientation_learns_and_reloads(tmp_path, batch) -> No
     assert not torch.allclose(encoder(batch, cart=moved).node, encoder(batch).node, atol=1e-4)
     with pytest.raises(ValueError, match="angular_orders"):
         EncoderConfig(angular_orders=-1)
+
+
+def test_property_regression_learns_and_counts_exactly(batch) -> None:
+    """The supervised task reads ``batch.label_<key>``, leaves structures without the label out of
+    its loss and counts, and learns the label on one batch."""
+    from crysdistill.data.batch import label_attribute
+    from crysdistill.teacher.pretext.property import PropertyRegression
+
+    y = torch.linspace(-2.0, 1.0, batch.num_graphs)
+    y[1] = float("nan")  # a record without the label
+    setattr(batch, label_attribute("formation_energy_per_atom"), y)
+    task = build_task("property", 64, SETTINGS, {"weight": 1.0, "options": {
+        "label": "formation_energy_per_atom", "shift": -0.5, "scale": 1.0, "hidden": 32}})
+    assert isinstance(task, PropertyRegression) and task.label_keys == ("formation_energy_per_atom",)
+    torch.manual_seed(0)
+    encoder = CrysGNNEncoder().eval()
+    out = encoder(batch)
+    r = task(batch, out, encoder)
+    known = ~torch.isnan(y)
+    pred = task.predict(out)
+    assert float(r.counts["total"]) == batch.num_graphs - 1 and float(r.counts["unknown"]) == 1
+    assert torch.allclose(r.counts["abs_error"], (pred - y)[known].abs().sum().double(), atol=1e-5)
+    first, last = overfit(task, batch, steps=40)
+    assert last < 0.5 * first
+
+
+def test_property_regression_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="options.label"):
+        build_task("property", 64, SETTINGS, {"weight": 1.0})
+    with pytest.raises(ConfigError, match="scale must be a number > 0"):
+        build_task("property", 64, SETTINGS, {"options": {"label": "band_gap", "scale": 0}})

@@ -219,3 +219,30 @@ def test_optional_tasks_train_and_evaluate(tmp_path: Path, sample_path: Path, ca
     assert main(["teacher", "eval", str(out / "teacher.pt"), "--data", str(sample_path), "--limit", "20", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_structures"] == 20 and 0 <= res["space_group_top1"] <= 1
+
+
+def test_property_task_trains_and_evaluates(tmp_path: Path, sample_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Supervised pretraining on a labelled corpus: the run records the label's MAE, ``teacher
+    eval`` reports it beside the best constant's, and a label the corpus lacks is one clear line
+    naming the labels it has."""
+    from crysdistill.cli import main
+
+    extra = ["tasks.property.weight=1", "tasks.property.options.label=formation_energy_per_atom",
+             "tasks.property.options.shift=-1.5"]
+    out = tmp_path / "run"
+    pretrain(load_pretrain_config(None, [*TINY, *extra], {"epochs": 2}), str(sample_path), out, workers=1,
+             limit=40, progress=False)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert all(0 < float(r["val_property_mae"]) < 5 for r in rows)
+    assert rows[-1]["val_property_acc"] in ("nan", "")  # a regression task has no accuracy
+    capsys.readouterr()
+    assert main(["teacher", "eval", str(out / "teacher.pt"), "--split", "val", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_structures"] == 8 and res["property_mae"] > 0 and res["baseline_property_mae"] > 0
+    assert "property_accuracy" not in res
+    assert main(["teacher", "eval", str(out / "teacher.pt"), "--split", "val"]) == 0
+    assert "property" in capsys.readouterr().out.split("mean absolute error")[1]
+
+    bad = load_pretrain_config(None, [*TINY, "tasks.property.options.label=band_gap"], {"epochs": 1})
+    with pytest.raises(UserError, match=r"no structure has the label 'band_gap'.*formation_energy_per_atom"):
+        pretrain(bad, str(sample_path), tmp_path / "bad", workers=1, limit=40, progress=False)

@@ -11,6 +11,15 @@ from torch_geometric.data import Batch, Data
 from crysdistill.data.features import atom_feature_table
 from crysdistill.data.graph import Arrays, GraphSettings, gaussian_expansion
 
+#: Prefix of the batch attributes that carry record labels (``batch.label_<key>``, ``(B,)``).
+LABEL_PREFIX = "label_"
+
+
+def label_attribute(key: str) -> str:
+    """The batch attribute of record label ``key`` (characters other than letters, digits and ``_``
+    become ``_``)."""
+    return LABEL_PREFIX + "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+
 
 def to_data(arrays: Arrays, settings: GraphSettings) -> Data:
     """One crystal graph as a PyG ``Data``.
@@ -19,11 +28,14 @@ def to_data(arrays: Arrays, settings: GraphSettings) -> Data:
     (index of the node's site in the structure; named so PyG does not shift it when batching),
     ``edge_index`` ``(2, E)`` (row 0 neighbour, row 1 centre), ``distance`` ``(E,)``, ``image``
     ``(E, 3)``, ``cart`` ``(N, 3)``, ``lattice`` ``(1, 3, 3)``, ``spg`` ``(1,)`` (``-1`` unknown),
-    ``crystal_system`` ``(1,)``.
+    ``crystal_system`` ``(1,)``, and every ``label_<key>`` array of ``arrays`` as a float tensor
+    ``(1,)`` (record labels that a pretext task reads; NaN where missing).
     """
     table, _ = atom_feature_table(settings.atom_features)
     z = torch.from_numpy(arrays["z"].astype(np.int64))
     n = z.shape[0]
+    labels = {k: torch.as_tensor(v, dtype=torch.float32).reshape(1) for k, v in arrays.items()
+              if k.startswith(LABEL_PREFIX)}
     return Data(
         x=torch.from_numpy(table[arrays["z"].astype(np.int64)]),
         z=z,
@@ -36,6 +48,7 @@ def to_data(arrays: Arrays, settings: GraphSettings) -> Data:
         spg=torch.from_numpy(arrays["spg"].astype(np.int64)),
         crystal_system=torch.from_numpy(arrays["crystal_system"].astype(np.int64)),
         num_nodes=n,
+        **labels,
     )
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from crysdistill.data.batch import label_attribute
 from crysdistill.data.cache import GraphSet, GraphStore, build_graphs, default_cache_dir
 from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
 from crysdistill.data.readers import iter_raw
@@ -126,13 +127,42 @@ def data_fingerprint(graphs: GraphSet) -> str:
 
 
 class GraphDataset(torch.utils.data.Dataset):
-    """A :class:`GraphSet` as a torch dataset: item ``i`` is graph ``i``'s arrays, read lazily."""
+    """A :class:`GraphSet` as a torch dataset: item ``i`` is graph ``i``'s arrays, read lazily.
 
-    def __init__(self, graphs: GraphSet) -> None:
+    Args:
+        graphs: the graphs.
+        label_keys: record labels to attach to each item as ``label_<key>`` (NaN where a record
+            has no such label), for pretext tasks that read labels (:func:`collate` puts them on the
+            batch).
+    """
+
+    def __init__(self, graphs: GraphSet, label_keys: Sequence[str] = ()) -> None:
         self.graphs = graphs
+        self.label_keys = tuple(label_keys)
 
     def __len__(self) -> int:
         return len(self.graphs)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return self.graphs[int(i)]
+        arrays = self.graphs[int(i)]
+        if not self.label_keys:
+            return arrays
+        arrays = dict(arrays)
+        labels = self.graphs.labels[int(i)]
+        for key in self.label_keys:
+            value = labels.get(key)
+            arrays[label_attribute(key)] = np.array([np.nan if value is None else value], dtype=np.float32)
+        return arrays
+
+
+def check_labels(graphs: GraphSet, keys: Sequence[str], source: str) -> None:
+    """Fail with one line when a label some pretext task reads is on none of the structures.
+
+    Raises:
+        UserError: naming the label, the data and the labels the data do have.
+    """
+    for key in keys:
+        if not any(lab.get(key) is not None for lab in graphs.labels):
+            found = sorted({k for lab in graphs.labels[:1000] for k, v in lab.items() if v is not None})
+            raise UserError(f"{source}: no structure has the label {key!r} that a pretext task reads "
+                            f"(labels found: {', '.join(found) or 'none'}); set the task's label option to one of them")

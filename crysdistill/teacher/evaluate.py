@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from crysdistill.data.batch import collate
+from crysdistill.data.batch import collate, label_attribute
 from crysdistill.data.cache import GraphSet
 from crysdistill.data.graph import GraphSettings
 from crysdistill.data.symmetry import CRYSTAL_SYSTEMS
@@ -30,8 +30,9 @@ from crysdistill.teacher.pretext.space_group import N_SPACE_GROUPS
 N_SYSTEMS = len(CRYSTAL_SYSTEMS)
 
 
-def _batches(graphs: GraphSet, settings: GraphSettings, batch_size: int, device: torch.device):
-    loader = DataLoader(GraphDataset(graphs), batch_size=batch_size, shuffle=False,
+def _batches(graphs: GraphSet, settings: GraphSettings, batch_size: int, device: torch.device,
+             label_keys: Sequence[str] = ()):
+    loader = DataLoader(GraphDataset(graphs, label_keys), batch_size=batch_size, shuffle=False,
                         collate_fn=lambda items: collate(items, settings))
     for batch in loader:
         yield batch.to(device) if device.type != "cpu" else batch
@@ -129,8 +130,9 @@ def evaluate_teacher(teacher: Teacher, heads: dict, graphs: GraphSet, device: to
     Returns:
         ``n_structures``, ``n_unknown_symmetry``, ``space_group_top1``, ``space_group_top5``,
         ``crystal_system_accuracy``, ``connectivity_accuracy``, ``feature_accuracy`` (``None``
-        where the teacher has no such head), ``{task}_accuracy`` for any other task, and
-        ``baseline_…`` majority-class accuracies for each.
+        where the teacher has no such head), ``{task}_accuracy`` for any other task (``{task}_mae``
+        for regression tasks), and ``baseline_…`` majority-class accuracies for each (for a
+        regression task, the MAE of the best constant, the labels' median).
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = teacher.graph_settings
@@ -156,9 +158,13 @@ def evaluate_teacher(teacher: Teacher, heads: dict, graphs: GraphSet, device: to
     bit_major = (stats["feature_frequency"] > 0.5).double()
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)  # the same sampled negative pairs on every call
-        for batch in _batches(graphs, settings, batch_size, device):
+        label_keys = sorted({k for task in tasks.values() for k in task.label_keys})
+        labels: dict[str, list[torch.Tensor]] = {k: [] for k in label_keys}
+        for batch in _batches(graphs, settings, batch_size, device, label_keys):
             out = encoder(batch)
             add("n", batch.num_graphs)
+            for k in label_keys:
+                labels[k].append(getattr(batch, label_attribute(k)).view(-1).cpu())
             spg = batch.spg.view(-1).cpu()
             cs = batch.crystal_system.view(-1).cpu()
             add("unknown", (spg < 1).sum())
@@ -186,8 +192,15 @@ def evaluate_teacher(teacher: Teacher, heads: dict, graphs: GraphSet, device: to
         if "connectivity" in tasks else None
     res["feature_accuracy"] = _ratio(sums.get("node_features/correct", 0), sums.get("node_features/total", 0)) \
         if "node_features" in tasks else None
-    for name in tasks:
-        if name not in ("space_group", "connectivity", "node_features", "crystal_system"):
+    for name, task in tasks.items():
+        if name in ("space_group", "connectivity", "node_features", "crystal_system"):
+            continue
+        if f"{name}/abs_error" in sums:  # a regression task; its baseline is the best constant
+            res[f"{name}_mae"] = _ratio(sums[f"{name}/abs_error"], sums.get(f"{name}/total", 0))
+            y = torch.cat(labels[task.label_keys[0]]) if task.label_keys else torch.zeros(0)
+            y = y[~torch.isnan(y)].double()
+            res[f"baseline_{name}_mae"] = float((y - y.median()).abs().mean()) if len(y) else None
+        else:
             res[f"{name}_accuracy"] = _ratio(sums.get(f"{name}/correct", 0), sums.get(f"{name}/total", 0))
     res["baseline_space_group_top1"] = _ratio(sums.get("base_spg1", 0), sums.get("spg_known", 0))
     res["baseline_space_group_top5"] = _ratio(sums.get("base_spg5", 0), sums.get("spg_known", 0))

@@ -16,7 +16,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
 
 
 def plot_curves(metrics_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Loss and accuracy of every pretext task per epoch, training and validation, in one PNG.
+    """Loss and accuracy (MAE for regression tasks) of every pretext task per epoch, training and validation, in one PNG.
 
     Args:
         metrics_csv: ``metrics.csv`` of a run folder.
@@ -33,14 +33,15 @@ def plot_curves(metrics_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(2, len(tasks), figsize=(3.2 * len(tasks), 5.6), squeeze=False)
     for c, task in enumerate(tasks):
-        for r_, what in enumerate(("loss", "acc")):
+        for r_, what in enumerate(("loss", "mae" if f"val_{task}_mae" in rows[0] else "acc")):
             ax = axes[r_][c]
             for part, style in (("train", "-"), ("val", "--")):
                 ax.plot(epochs, [row[f"{part}_{task}_{what}"] for row in rows], style, marker="o", ms=3,
                         label=part)
             if what == "acc" and f"val_{task}_top5" in rows[0]:
                 ax.plot(epochs, [row[f"val_{task}_top5"] for row in rows], ":", marker="o", ms=3, label="val top-5")
-            ax.set_title(f"{task.replace('_', ' ')}: {'loss' if what == 'loss' else 'accuracy'}", fontsize=9)
+            title = {"loss": "loss", "acc": "accuracy", "mae": "MAE"}[what]
+            ax.set_title(f"{task.replace('_', ' ')}: {title}", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)

@@ -36,7 +36,7 @@ from crysdistill.data.cache import GraphSet
 from crysdistill.data.graph import GraphSettings
 from crysdistill.errors import ConfigError, UserError
 from crysdistill.teacher.checkpoint import heads_path, save_heads, save_teacher
-from crysdistill.teacher.data import GraphDataset, data_fingerprint, stream_graphs
+from crysdistill.teacher.data import GraphDataset, check_labels, data_fingerprint, stream_graphs
 from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
 from crysdistill.teacher.pretext.base import PretextResult, build_task
 from crysdistill.teacher.pretext.connectivity import ConnectivityReconstruction
@@ -174,6 +174,11 @@ class PretrainModel(nn.Module):
             for name, spec in config.active_tasks().items()
         })
 
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Record labels some task reads (attached to every batch), sorted."""
+        return tuple(sorted({k for task in self.tasks.values() for k in task.label_keys}))
+
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, PretextResult]]:
         out = self.encoder(batch)
         results = {name: task(batch, out, self.encoder) for name, task in self.tasks.items()}
@@ -206,15 +211,19 @@ class Meter:
         self.sums = dict(zip(keys, t.tolist()))
 
     def summary(self, task_names: list[str]) -> dict[str, float]:
-        """``loss`` and per task ``{task}_loss``, ``{task}_acc`` (plus ``{task}_top5`` and
-        ``{task}_unknown``, the structures left out for want of a label, where the task counts them)."""
+        """``loss`` and per task ``{task}_loss``, ``{task}_acc`` (plus ``{task}_top5``, ``{task}_mae``
+        for regression tasks, which count ``abs_error``, and ``{task}_unknown``, the structures left
+        out for want of a label, where the task counts them)."""
         s = self.sums
         n = max(s.get("n", 0.0), 1.0)
         out = {"loss": s.get("loss", 0.0) / n}
         for name in task_names:
             out[f"{name}_loss"] = s.get(f"{name}/loss", 0.0) / n
             total = s.get(f"{name}/total", 0.0)
-            out[f"{name}_acc"] = s.get(f"{name}/correct", 0.0) / total if total else float("nan")
+            has_acc = total and f"{name}/correct" in s  # regression tasks count no correct answers
+            out[f"{name}_acc"] = s[f"{name}/correct"] / total if has_acc else float("nan")
+            if f"{name}/abs_error" in s:
+                out[f"{name}_mae"] = s[f"{name}/abs_error"] / total if total else float("nan")
             if f"{name}/correct5" in s:
                 out[f"{name}_top5"] = s[f"{name}/correct5"] / total if total else float("nan")
             if f"{name}/unknown" in s:  # structures without a label (e.g. spglib failed), left out
@@ -321,7 +330,7 @@ class Trainer:
         settings = self.config.graph
         if self.config.loader_workers:
             graphs.store.close()  # LMDB refuses an environment inherited through fork; workers reopen it
-        return DataLoader(GraphDataset(graphs), batch_size=self.per_rank_batch, sampler=sampler,
+        return DataLoader(GraphDataset(graphs, self.model.label_keys), batch_size=self.per_rank_batch, sampler=sampler,
                           num_workers=self.config.loader_workers,
                           collate_fn=lambda items: collate(items, settings),
                           multiprocessing_context="fork" if self.config.loader_workers and sys.platform.startswith("linux") else None)
@@ -520,6 +529,7 @@ def pretrain(config: PretrainConfig | None, data: str, out_dir: str | os.PathLik
                     graphs.problems[0].reason)
     trainer = Trainer(config, graphs, out, d, source=data,
                       progress=sys.stderr.isatty() if progress is None else progress)
+    check_labels(graphs, trainer.model.label_keys, data)
     if ckpt is not None:
         trainer.load_state(ckpt, out / "last.pt")
     if d.main:
@@ -534,8 +544,9 @@ def pretrain(config: PretrainConfig | None, data: str, out_dir: str | os.PathLik
 
     def log_epoch(epoch: int, row: dict) -> None:
         n = len(trainer.train_set) + len(trainer.val_set)
-        accs = " ".join(f"{t}={row[f'val_{t}_acc']:.3f}" for t in trainer.task_names)
-        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val acc %s  (%.1f s, %.0f structures/s)",
+        accs = " ".join(f"{t}={row[f'val_{t}_acc']:.3f}" if f"val_{t}_mae" not in row else
+                        f"{t}=MAE {row[f'val_{t}_mae']:.4g}" for t in trainer.task_names)
+        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val %s  (%.1f s, %.0f structures/s)",
                  epoch, config.epochs, row["train_loss"], row["val_loss"], accs, row["seconds"],
                  n / max(row["seconds"], 1e-9))
 

@@ -51,11 +51,18 @@ class PretextTask(nn.Module):
         weight: weight of this task's loss in the total loss.
         **options: task-specific options (declared as keyword arguments by subclasses).
 
-    Subclasses implement :meth:`forward` and may set ``needs_symmetry`` (labels from spglib).
+    Subclasses implement :meth:`forward` and may set ``needs_symmetry`` (labels from spglib) or
+    override :attr:`label_keys` (labels of the corpus's records).
     """
 
     #: the task reads ``batch.spg`` / ``batch.crystal_system`` (graphs built with ``symmetry=True``)
     needs_symmetry: ClassVar[bool] = False
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Record labels the task reads; each reaches the batch as ``batch.label_<key>`` ``(B,)``
+        (:func:`crysdistill.data.batch.label_attribute`), NaN where a structure has none."""
+        return ()
 
     def __init__(self, width: int, settings: GraphSettings, weight: float = 0.25) -> None:
         super().__init__()
