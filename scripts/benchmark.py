@@ -6,7 +6,8 @@ For each student × target × training-set size × seed it trains a vanilla and 
 validation and tests it once, through the library's own ``train_student``. Every run lands in
 ``OUT/runs/<student>/<target>/n<size>/<mode>/seed<k>/`` (a normal run folder), so the grid can be
 run in pieces (``--students``, ``--targets``, ``--sizes``, ``--seeds``) and merged: finished runs
-are skipped, and ``results.csv``, ``summary.md`` and the plots are rebuilt from every run found.
+are skipped, a run interrupted part-way continues from its ``last.pt`` (losing at most one epoch),
+and ``results.csv``, ``summary.md`` and the plots are rebuilt from every run found.
 
 The *safeguard* column picks, per seed, the weight with the best validation MAE among vanilla
 (weight 0) and the distilled weights run, then reports that run's test MAE: validation only
@@ -117,7 +118,8 @@ def run_grid(args: argparse.Namespace) -> None:
                         cfg = load_config(TrainConfig, cfg_file if cfg_file.exists() else None, args.override,
                                           extra=extra)
                         t0 = time.perf_counter()
-                        s = train_student(cfg, datasets[fname], run)
+                        # a run interrupted earlier continues from its last epoch (same config, or one clear error)
+                        s = train_student(cfg, datasets[fname], run, resume=(run / "last.pt").exists())
                         print(f"{student:12s} {target:26s} n={s['n_train']:<5d} seed={seed} {mode:14s} "
                               f"val {s['val_mae']:.4f} test {s['test_mae']:.4f} (epoch {s['best_epoch']}) "
                               f"{time.perf_counter() - t0:.0f} s", flush=True)

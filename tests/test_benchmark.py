@@ -68,6 +68,17 @@ def test_benchmark_grid_pairs_runs_and_adds_safeguard(tmp_path, phonon_dir, teac
     assert (runs["vanilla"] / "summary.json").stat().st_mtime_ns == stamp
     assert "seed=0" not in capsys.readouterr().out
 
+    # a run interrupted after its last epoch (no summary.json yet) resumes: no epoch is trained again
+    (runs["vanilla"] / "summary.json").unlink()
+    last = (runs["vanilla"] / "last.pt").stat().st_mtime_ns
+    metrics = (runs["vanilla"] / "metrics.csv").read_text()
+    assert bench.main(argv) == 0
+    assert (runs["vanilla"] / "last.pt").stat().st_mtime_ns == last
+    assert (runs["vanilla"] / "metrics.csv").read_text() == metrics
+    with open(out / "results.csv") as fh:
+        again = {r["mode"]: r for r in csv.DictReader(fh)}
+    assert again["vanilla"]["test_mae"] == rows["vanilla"]["test_mae"]
+
 
 def test_benchmark_rejects_unknown_target(tmp_path, phonon_dir):
     bench = _load_benchmark()
