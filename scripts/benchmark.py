@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-O", "--override", action="append", default=[], metavar="key=value",
                    help="config override for every run (e.g. model.layers=3)")
     p.add_argument("--summarise-only", action="store_true", help="only rebuild results.csv, summary.md and plots")
+    p.add_argument("--write-corpus", metavar="PATH", default=None,
+                   help="write the first target's dataset without its validation and test structures (the "
+                        "grid's split) to PATH (.jsonl.gz), to pretrain a teacher that never sees them; then exit")
     return p.parse_args(argv)
 
 
@@ -277,8 +280,52 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     return made
 
 
+def write_corpus(args: argparse.Namespace) -> int:
+    """Write the records of the first target's dataset that are in no validation or test split of
+    the grid (those depend only on the dataset and ``SPLIT_SEED``, not on the training size)."""
+    import gzip
+
+    from crysdistill.config import load_config
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.trainer import prepare
+
+    target = args.targets.split(",")[0]
+    if target not in DATA:
+        sys.exit(f"unknown target {target!r}; choose from {', '.join(DATA)}")
+    fname, val, test, _, _ = DATA[target]
+    source = os.path.join(args.data_dir, fname)
+    student = args.students.split(",")[0]
+    cfg_file = Path(args.config_dir) / f"{student}.yaml"
+    cfg = load_config(TrainConfig, cfg_file if cfg_file.exists() else None, args.override,
+                      extra={"student": student, "targets": [target], "train_size": None, "val_size": val,
+                             "test_size": test, "seed": 0, "split_seed": SPLIT_SEED})
+    prep = prepare(cfg, source)
+    held = {prep.graphs.ids[i] for part in ("val", "test") for i in prep.splits[part]}
+    opener = gzip.open if source.endswith(".gz") else open
+    kept = dropped = 0
+    dest = Path(args.write_corpus)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    with opener(source, "rt") as src, gzip.open(tmp, "wt") as out:
+        for line in src:
+            if line.strip() and json.loads(line).get("id") in held:
+                dropped += 1
+                continue
+            kept += 1
+            out.write(line)
+    if dropped != len(held):
+        tmp.unlink()
+        sys.exit(f"{source}: found {dropped} of the {len(held)} held-out records by their 'id' field; "
+                 "this dataset's records need an 'id' key")
+    os.replace(tmp, dest)
+    print(f"{dest}: {kept} records of {fname} ({dropped} validation and test records of the grid left out)")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.write_corpus:
+        return write_corpus(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.summarise_only:

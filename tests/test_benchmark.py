@@ -108,3 +108,24 @@ def test_benchmark_missing_data_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"benchmark.py: error: {tmp_path / 'nowhere' / 'matbench_phonons.jsonl.gz'}: no such file or directory; "
         "check the path"]
+
+
+def test_write_corpus_leaves_out_the_grids_held_out_structures(tmp_path, phonon_dir):
+    """The corpus for a teacher that may not see the benchmark's validation and test structures:
+    exactly the grid's held-out ids are missing, every other record is kept whole."""
+    bench = _load_benchmark()
+    out = tmp_path / "bench"
+    corpus = tmp_path / "corpus.jsonl.gz"
+    common = ["--students", "cgcnn", "--targets", "last_phdos_peak", "--data-dir", str(phonon_dir),
+              "-O", "threads=1", "-O", "workers=1"]
+    assert bench.main([*common, "--write-corpus", str(corpus)]) == 0
+    assert bench.main([*common, "--seeds", "0", "--epochs", "1", "--weights", "0", "--out", str(out),
+                       "-O", "model.layers=1"]) == 0
+    split = json.loads(next((out / "runs").glob("*/*/*/vanilla/seed0/splits.json")).read_text())
+    with gzip.open(corpus, "rt") as fh:
+        kept = [json.loads(line) for line in fh]
+    with gzip.open(phonon_dir / "matbench_phonons.jsonl.gz", "rt") as fh:
+        every = [json.loads(line) for line in fh]
+    assert {r["id"] for r in kept} == {r["id"] for r in every} - set(split["val"]) - set(split["test"])
+    assert set(split["train"]) <= {r["id"] for r in kept} and len(kept) == 18
+    assert kept == [r for r in every if r["id"] in {k["id"] for k in kept}]
