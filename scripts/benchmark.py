@@ -74,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--write-corpus", metavar="PATH", default=None,
                    help="write the first target's dataset without its validation and test structures (the "
                         "grid's split) to PATH (.jsonl.gz), to pretrain a teacher that never sees them; then exit")
+    p.add_argument("--write-test", metavar="PATH", default=None,
+                   help="write the first target's test structures (the grid's split) to PATH (.jsonl.gz), e.g. "
+                        "for 'crysdistill teacher eval' of a teacher with a property head; then exit")
     return p.parse_args(argv)
 
 
@@ -280,9 +283,10 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     return made
 
 
-def write_corpus(args: argparse.Namespace) -> int:
-    """Write the records of the first target's dataset that are in no validation or test split of
-    the grid (those depend only on the dataset and ``SPLIT_SEED``, not on the training size)."""
+def write_split_records(args: argparse.Namespace, dest: Path, test_only: bool) -> int:
+    """Write records of the first target's dataset by the grid's split (which depends only on the
+    dataset and ``SPLIT_SEED``, not on the training size): those in no validation or test split
+    (a corpus for pretraining), or the test structures only (``test_only``)."""
     import gzip
 
     from crysdistill.config import load_config
@@ -300,32 +304,36 @@ def write_corpus(args: argparse.Namespace) -> int:
                       extra={"student": student, "targets": [target], "train_size": None, "val_size": val,
                              "test_size": test, "seed": 0, "split_seed": SPLIT_SEED})
     prep = prepare(cfg, source)
-    held = {prep.graphs.ids[i] for part in ("val", "test") for i in prep.splits[part]}
+    parts = ("test",) if test_only else ("val", "test")
+    held = {prep.graphs.ids[i] for part in parts for i in prep.splits[part]}
     opener = gzip.open if source.endswith(".gz") else open
-    kept = dropped = 0
-    dest = Path(args.write_corpus)
+    kept = found = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     with opener(source, "rt") as src, gzip.open(tmp, "wt") as out:
         for line in src:
-            if line.strip() and json.loads(line).get("id") in held:
-                dropped += 1
+            if not line.strip():
                 continue
-            kept += 1
-            out.write(line)
-    if dropped != len(held):
+            is_held = json.loads(line).get("id") in held
+            found += is_held
+            if is_held == test_only:
+                kept += 1
+                out.write(line)
+    if found != len(held):
         tmp.unlink()
-        sys.exit(f"{source}: found {dropped} of the {len(held)} held-out records by their 'id' field; "
+        sys.exit(f"{source}: found {found} of the {len(held)} held-out records by their 'id' field; "
                  "this dataset's records need an 'id' key")
     os.replace(tmp, dest)
-    print(f"{dest}: {kept} records of {fname} ({dropped} validation and test records of the grid left out)")
+    what = "test records of the grid" if test_only else \
+        f"records ({found} validation and test records of the grid left out)"
+    print(f"{dest}: {kept} {what} from {fname}")
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.write_corpus:
-        return write_corpus(args)
+    if args.write_corpus or args.write_test:
+        return write_split_records(args, Path(args.write_corpus or args.write_test), test_only=bool(args.write_test))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.summarise_only:

@@ -129,3 +129,7 @@ def test_write_corpus_leaves_out_the_grids_held_out_structures(tmp_path, phonon_
     assert {r["id"] for r in kept} == {r["id"] for r in every} - set(split["val"]) - set(split["test"])
     assert set(split["train"]) <= {r["id"] for r in kept} and len(kept) == 18
     assert kept == [r for r in every if r["id"] in {k["id"] for k in kept}]
+    test = tmp_path / "test.jsonl.gz"
+    assert bench.main([*common, "--write-test", str(test)]) == 0
+    with gzip.open(test, "rt") as fh:
+        assert sorted(json.loads(line)["id"] for line in fh) == sorted(split["test"])
