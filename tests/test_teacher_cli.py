@@ -95,17 +95,21 @@ def test_default_teacher(capsys: pytest.CaptureFixture) -> None:
 
 @pytest.mark.skipif(not DEFAULT_TEACHER_PATH.is_file(), reason="no teachers installed")
 def test_shipped_teachers_load_and_evaluate(capsys: pytest.CaptureFixture) -> None:
-    """Both shipped teachers, the default (bond angles, two head options) and CrysGNN's as
-    published, evaluate with their own heads, each built from the options it recorded."""
+    """The shipped teachers, the default (bond angles, two head options), CrysGNN's as published
+    and the one that also learnt formation energy, evaluate with their own heads, each built from
+    the options it recorded."""
     from crysdistill.teacher.checkpoint import bundled_teachers
 
-    assert {"default", "crysgnn"} <= set(bundled_teachers())
-    angles = {"default": 8, "crysgnn": 0}
+    assert {"default", "crysgnn", "mp-eform"} <= set(bundled_teachers())
+    angles = {"default": 8, "crysgnn": 0, "mp-eform": 8}
     for name, orders in angles.items():
         assert load_teacher(name).encoder.config.angular_orders == orders
         assert main(["teacher", "eval", name, "--data", "sample", "--limit", "12", "--json"]) == 0
         res = json.loads(capsys.readouterr().out)
         assert res["n_structures"] == 12 and 0 <= res["space_group_top1"] <= res["space_group_top5"] <= 1
+        # the teacher that learnt formation energy predicts it (sample: MP formation energies)
+        assert ("property_mae" in res) == (name == "mp-eform")
+    assert res["property_mae"] < 0.5 * res["baseline_property_mae"]
 
 
 def test_bad_inputs(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
