@@ -192,11 +192,13 @@ def test_missing_labels_skip_or_raise(tmp_path, capsys):
     assert "d.jsonl:4" in err and "missing or not a number" in err
 
 
-def test_embedding_injection_trains_and_predicts(tmp_path, teacher_path):
+def test_embedding_injection_trains_and_predicts(tmp_path, teacher_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
                  *SMALL, "--teacher", str(teacher_path), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
                  *CGCNN_SMALL, "distill.inject_layers=[0,1,2]", "distill.node_weight=0"]) == 0
+    # the closing line names what the run did with the teacher: input, no distillation loss
+    assert f"cgcnn with {teacher_path}'s layers 0,1,2 as input:" in capsys.readouterr().out
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["student"]["extra_atom_features"] == 3 * 16
     assert ckpt["inject"]["layers"] == [0, 1, 2]

@@ -82,8 +82,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train_student(cfg, resolve_data(args.data), args.out, resume=args.resume)
     if summary["n_skipped"]:
         print(f"{summary['n_skipped']} structure(s) skipped (see --on-error)", file=sys.stderr)
-    mode = f"distilled from {summary['teacher']} (weight {summary['distill_weight']:g})" if summary["teacher"] \
-        else "vanilla"
+    mode = "vanilla"
+    if summary["teacher"]:
+        parts = []
+        if summary["distill_weight"] or not cfg.distill.inject_layers:
+            parts.append(f"distilled from {summary['teacher']} (weight {summary['distill_weight']:g})")
+        if cfg.distill.inject_layers:
+            layers = ",".join(map(str, cfg.distill.inject_layers))
+            parts.append(f"with {summary['teacher']}'s layers {layers} as input")
+        mode = ", ".join(parts)
     test = "n/a" if summary["test_mae"] is None else f"{summary['test_mae']:.4g}"
     print(f"{summary['student']} {mode}: val MAE {summary['val_mae']:.4g} (epoch {summary['best_epoch']}), "
           f"test MAE {test}  [n_train {summary['n_train']}, n_val {summary['n_val']}, n_test {summary['n_test']}; "
