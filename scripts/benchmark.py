@@ -71,10 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-O", "--override", action="append", default=[], metavar="key=value",
                    help="config override for every run (e.g. model.layers=3)")
     p.add_argument("--summarise-only", action="store_true", help="only rebuild results.csv, summary.md and plots")
-    p.add_argument("--write-corpus", metavar="PATH", default=None,
+    write = p.add_mutually_exclusive_group()
+    write.add_argument("--write-corpus", metavar="PATH", default=None,
                    help="write the first target's dataset without its validation and test structures (the "
                         "grid's split) to PATH (.jsonl.gz), to pretrain a teacher that never sees them; then exit")
-    p.add_argument("--write-test", metavar="PATH", default=None,
+    write.add_argument("--write-test", metavar="PATH", default=None,
                    help="write the first target's test structures (the grid's split) to PATH (.jsonl.gz), e.g. "
                         "for 'crysdistill teacher eval' of a teacher with a property head; then exit")
     return p.parse_args(argv)
@@ -296,6 +297,8 @@ def write_split_records(args: argparse.Namespace, dest: Path, test_only: bool) -
     target = args.targets.split(",")[0]
     if target not in DATA:
         sys.exit(f"unknown target {target!r}; choose from {', '.join(DATA)}")
+    if not dest.name.endswith(".jsonl.gz"):
+        sys.exit(f"{dest}: name the file *.jsonl.gz (it is written gzip-compressed, one record per line)")
     fname, val, test, _, _ = DATA[target]
     source = os.path.join(args.data_dir, fname)
     student = args.students.split(",")[0]
