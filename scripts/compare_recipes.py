@@ -30,8 +30,24 @@ import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-#: CrysGNN as published (configs/crysgnn.yaml): the base every recipe below adds to.
-CRYSGNN = ["encoder.angular_orders=0", "tasks.space_group.options.hidden=0", "tasks.crystal_system.options.projection=0"]
+
+
+def config_overrides(path: Path) -> list[str]:
+    """A YAML config's leaves as ``key=value`` overrides (dotted keys, JSON values)."""
+    from crysdistill.config import read_yaml
+
+    def leaves(node: dict, prefix: str):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}={json.dumps(value)}"
+
+    return list(leaves(read_yaml(path), ""))
+
+
+#: CrysGNN as published (configs/crysgnn.yaml, read from there): the base every recipe below adds to.
+CRYSGNN = config_overrides(Path(__file__).resolve().parents[1] / "configs" / "crysgnn.yaml")
 RECIPES = {
     "crysgnn": CRYSGNN,
     "+masked_atom": [*CRYSGNN, "tasks.masked_atom.weight=0.25"],

@@ -76,6 +76,17 @@ def probe_dir(tmp_path: Path, sample_path: Path, write_jsonl) -> Path:
 
 
 @pytest.mark.slow
+def test_compare_recipes_crysgnn_recipe_is_the_crysgnn_config():
+    """The named recipes start from configs/crysgnn.yaml itself, not a copy of it."""
+    from crysdistill.config import to_dict
+    from crysdistill.teacher.pretrain import load_pretrain_config
+
+    recipes = _load("compare_recipes")
+    from_recipe = load_pretrain_config(None, recipes.RECIPES["crysgnn"])
+    assert to_dict(from_recipe) == to_dict(load_pretrain_config(ROOT / "configs" / "crysgnn.yaml"))
+    assert from_recipe.encoder.angular_orders == 0
+
+
 def test_compare_recipes_pretrains_probes_and_reuses(tmp_path, sample_path, probe_dir, capsys):
     recipes = _load("compare_recipes")
     out = tmp_path / "recipes"

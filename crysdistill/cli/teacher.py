@@ -203,17 +203,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ("connectivity", "connectivity_accuracy"), ("feature reconstruction", "feature_accuracy")]
     rows += [(k[:-len("_accuracy")].replace("_", " "), k) for k in res
              if k.endswith("_accuracy") and not k.startswith("baseline_") and k not in dict(rows).values()]
-    print(f"{'accuracy':<36}{'teacher':>10}{'majority':>10}")
-    for label, key in rows:
-        v, b = res.get(key), res.get(f"baseline_{key}")
-        print(f"{label:<36}{'—' if v is None else f'{v:.4f}':>10}{'—' if b is None else f'{b:.4f}':>10}")
-    maes = [k for k in res if k.endswith("_mae") and not k.startswith("baseline_")]
-    if maes:
-        print(f"{'mean absolute error':<36}{'teacher':>10}{'constant':>10}")
-    for key in maes:
-        v, b = res[key], res.get(f"baseline_{key}")
-        print(f"{key[:-len('_mae')].replace('_', ' '):<36}{'—' if v is None else f'{v:.4f}':>10}"
-              f"{'—' if b is None else f'{b:.4f}':>10}")
+    maes = [(k[:-len("_mae")].replace("_", " "), k) for k in res if k.endswith("_mae") and not k.startswith("baseline_")]
+    for title, baseline, table in (("accuracy", "majority", rows), ("mean absolute error", "constant", maes)):
+        if table:
+            print(f"{title:<36}{'teacher':>10}{baseline:>10}")
+        for label, key in table:
+            v, b = res.get(key), res.get(f"baseline_{key}")
+            print(f"{label:<36}{'—' if v is None else f'{v:.4f}':>10}{'—' if b is None else f'{b:.4f}':>10}")
     sys.stdout.flush()
     return 0
 
