@@ -336,6 +336,29 @@ def test_bond_orientation_known_lattices() -> None:
     assert ((q >= 0) & (q <= 1 + 1e-6)).all()
 
 
+def test_masked_bonds_are_left_out_of_the_bond_angles(batch) -> None:
+    """With bond angles on, the masked-edge pass computes them without the masked bonds (as if
+    those edges were not in the graph), so their lengths and directions do not leak to the atoms."""
+    from crysdistill.teacher.encoder import EncoderConfig
+    from crysdistill.teacher.geometry import bond_orientation
+
+    torch.manual_seed(0)
+    encoder = CrysGNNEncoder(EncoderConfig(angular_orders=4))
+    task = MaskedEdgeDistance(64, SETTINGS, mask_fraction=0.3)
+    hidden = task.mask(batch)
+    task.mask = lambda b: hidden
+    seen = []
+    encoder.embedding.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    task(batch, encoder(batch), encoder)
+    angles = seen[-1][:, 92:]
+    keep = ~hidden
+    pruned = batch.clone()
+    pruned.edge_index, pruned.image = batch.edge_index[:, keep], batch.image[keep]
+    assert torch.allclose(angles, bond_orientation(pruned, 4), atol=1e-6)
+    assert torch.allclose(angles, bond_orientation(batch, 4, hidden=hidden), atol=1e-6)
+    assert not torch.allclose(angles, bond_orientation(batch, 4), atol=1e-3)  # the leak this closes
+
+
 def test_encoder_with_bond_orientation_learns_and_reloads(tmp_path, batch) -> None:
     """``encoder.angular_orders`` widens the atom input, trains with a pretext task, survives a
     teacher checkpoint round trip, and the perturbation task feeds it the displaced positions."""

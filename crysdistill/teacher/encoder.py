@@ -117,7 +117,7 @@ class CrysGNNEncoder(nn.Module):
         return self.config.width
 
     def forward(self, batch, x: torch.Tensor | None = None, edge_attr: torch.Tensor | None = None,
-                cart: torch.Tensor | None = None) -> EncoderOutput:
+                cart: torch.Tensor | None = None, hidden_edges: torch.Tensor | None = None) -> EncoderOutput:
         """Encode a PyG batch from :func:`crysdistill.data.batch.collate`.
 
         Args:
@@ -127,11 +127,13 @@ class CrysGNNEncoder(nn.Module):
             edge_attr: optional replacement edge features (e.g. from perturbed positions).
             cart: optional displaced positions ``(N, 3)`` for the bond orientations (pass them
                 with the ``edge_attr`` computed from them).
+            hidden_edges: optional ``(E,)`` bool, edges whose geometry the bond orientations leave
+                out (bonds whose features a pretext task has masked).
         """
         x = batch.x if x is None else x
         edge_attr = batch.edge_attr if edge_attr is None else edge_attr
         if self.config.angular_orders:
-            x = torch.cat([x, bond_orientation(batch, self.config.angular_orders, cart).to(x.dtype)], dim=-1)
+            x = torch.cat([x, bond_orientation(batch, self.config.angular_orders, cart, hidden=hidden_edges).to(x.dtype)], dim=-1)
         h = self.embedding(x)
         layers = [h]
         for conv in self.convs:

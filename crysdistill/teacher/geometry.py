@@ -54,7 +54,8 @@ def legendre(x: torch.Tensor, orders: int) -> torch.Tensor:
 
 
 def bond_orientation(batch, orders: int, cart: torch.Tensor | None = None,
-                     scales: tuple[float, ...] = ORIENTATION_SCALES) -> torch.Tensor:
+                     scales: tuple[float, ...] = ORIENTATION_SCALES,
+                     hidden: torch.Tensor | None = None) -> torch.Tensor:
     """Steinhardt bond-orientational order parameters of every atom's neighbours in the graph.
 
     For atom ``i`` with neighbour unit vectors ``u_j`` and weights ``w_j`` (summing to 1),
@@ -72,12 +73,16 @@ def bond_orientation(batch, orders: int, cart: torch.Tensor | None = None,
         orders: ``l = 1 … orders``.
         cart: optional displaced positions ``(N, 3)``.
         scales: weight softness values ``s``.
+        hidden: optional ``(E,)`` bool, edges left out (bonds whose length a pretext task hides:
+            their direction and length must not reach the atoms through these values).
 
     Returns:
         ``(N, orders · len(scales))`` values in ``[0, 1]``: ``q_1 … q_orders`` per scale.
     """
     vec = edge_vectors(batch, cart)
     centre = batch.edge_index[1]
+    if hidden is not None:
+        vec, centre = vec[~hidden], centre[~hidden]
     n = int(batch.num_nodes)
     dist = vec.norm(dim=-1).clamp_min(1e-8)
     unit = vec / dist.unsqueeze(-1)

@@ -20,7 +20,9 @@ class MaskedEdgeDistance(PretextTask):
     are the Gaussian centres of the edge features (``0, step, …, cutoff``: 41 bins of 0.2 Å for the
     default graph, as in NEGNN); the target is the nearest centre. The head sees only the two end
     atoms' embeddings from the masked pass, symmetrised (``h_i + h_j``, ``h_i ⊙ h_j``), so it must
-    learn bond lengths from the atoms and their surroundings. A second encoder pass per step.
+    learn bond lengths from the atoms and their surroundings. With bond angles in the encoder
+    (``encoder.angular_orders``), the masked bonds are left out of the angles as well. A second
+    encoder pass per step.
 
     Args:
         mask_fraction: share of bonds masked each step (0.15 in NEGNN).
@@ -65,7 +67,9 @@ class MaskedEdgeDistance(PretextTask):
             return PretextResult(zero, {"correct": torch.zeros((), dtype=torch.float64),
                                         "total": torch.zeros((), dtype=torch.float64)})
         edge_attr = batch.edge_attr.masked_fill(masked.unsqueeze(1), 0.0)
-        node = encoder(batch, edge_attr=edge_attr).node
+        # with bond angles on, the masked bonds are left out of them too: their directions and the
+        # distance weights would otherwise tell the atoms the hidden lengths
+        node = encoder(batch, edge_attr=edge_attr, hidden_edges=masked).node
         j, i = batch.edge_index[:, masked]
         logits = self.head(torch.cat([node[i] + node[j], node[i] * node[j]], dim=-1))
         target = self.bins(batch.distance[masked])
