@@ -211,6 +211,30 @@ def test_embedding_injection_trains_and_predicts(tmp_path, teacher_path, capsys)
             float(r["formation_energy_per_atom_prediction"]), rel=1e-5, abs=1e-6)
 
 
+def test_safeguard_with_injection_can_fall_back_to_vanilla(tmp_path, teacher_path, capsys):
+    """With injection on, the safeguard's candidates include the plain student (no teacher): its
+    sub-run equals a vanilla run, and the kept model, summary and closing line agree on the choice."""
+    common = ["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+              *SMALL, "--cache-dir", str(tmp_path / "c"), *CGCNN_SMALL]
+    out = tmp_path / "run"
+    assert main([*common, "--teacher", str(teacher_path), "--out", str(out),
+                 "distill.inject_layers=[1]", "distill.weight_grid=[0]"]) == 0
+    line = capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["weight_grid_val_mae"]) == {"vanilla", "0"}
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert s["weight_grid_val_mae"]["vanilla"] == pytest.approx(plain["val_mae"], rel=1e-5)
+    chosen = min(s["weight_grid_val_mae"], key=s["weight_grid_val_mae"].get)
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    if chosen == "vanilla":
+        assert s["inject_layers"] == [] and ckpt["inject"] is None and "the safeguard chose it" in line
+        assert s["test_mae"] == pytest.approx(plain["test_mae"], rel=1e-5)
+    else:
+        assert s["inject_layers"] == [1] and ckpt["inject"]["layers"] == [1] and "layers 1 as input" in line
+    assert s["val_mae"] == pytest.approx(s["weight_grid_val_mae"][chosen])
+
+
 def test_teacher_from_another_featuriser_is_refused(tmp_path, teacher_path, capsys):
     ckpt = torch.load(teacher_path, weights_only=True)
     ckpt["featurizer_fingerprint"] = "0123456789abcdef"  # e.g. made with another atom-feature table

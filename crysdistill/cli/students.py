@@ -83,13 +83,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary["n_skipped"]:
         print(f"{summary['n_skipped']} structure(s) skipped (see --on-error)", file=sys.stderr)
     mode = "vanilla"
-    if summary["teacher"]:
+    inject = summary["inject_layers"]
+    if summary["teacher"] and cfg.distill.inject_layers and not inject:
+        mode = f"vanilla (the safeguard chose it over {summary['teacher']} on validation)"
+    elif summary["teacher"]:
         parts = []
-        if summary["distill_weight"] or not cfg.distill.inject_layers:
+        if summary["distill_weight"] or not inject:
             parts.append(f"distilled from {summary['teacher']} (weight {summary['distill_weight']:g})")
-        if cfg.distill.inject_layers:
-            layers = ",".join(map(str, cfg.distill.inject_layers))
-            parts.append(f"with {summary['teacher']}'s layers {layers} as input")
+        if inject:
+            parts.append(f"with {summary['teacher']}'s layers {','.join(map(str, inject))} as input")
         mode = ", ".join(parts)
     test = "n/a" if summary["test_mae"] is None else f"{summary['test_mae']:.4g}"
     print(f"{summary['student']} {mode}: val MAE {summary['val_mae']:.4g} (epoch {summary['best_epoch']}), "

@@ -339,7 +339,9 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
 
     The run folder holds ``config.yaml``, ``splits.json``, ``metrics.csv``, ``best.pt``, ``last.pt``,
     ``predictions_test.csv`` and ``summary.json``. With ``distill.weight_grid`` set and a teacher
-    given, one sub-run per weight goes to ``grid/w=<weight>/`` and the best on validation is kept.
+    given, one sub-run per weight goes to ``grid/w=<weight>/`` and the best on validation is kept;
+    with ``distill.inject_layers`` too, a plain run without the teacher (``grid/vanilla/``) is one
+    of the candidates.
     """
     out = Path(out)
     if resume and not (out / "last.pt").exists() and not (out / "grid").exists():
@@ -361,20 +363,27 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
     grid = list(cfg.distill.weight_grid) if prep.embeddings is not None else []
     chosen_weight = None
     if grid:
+        # candidates: (name, node weight, config, prepared data). With injection on, every weight
+        # runs with the teacher's embeddings as input, so the plain student (no teacher at all) is
+        # a candidate too: the safeguard must be able to fall back to vanilla.
+        candidates = [(f"{w:g}", float(w), replace(cfg, distill=replace(cfg.distill, node_weight=float(w), weight_grid=[])),
+                       prep) for w in grid]
+        if prep.injected is not None:
+            plain = replace(cfg.distill, node_weight=0.0, graph_weight=0.0, inject_layers=[], weight_grid=[])
+            candidates.insert(0, ("vanilla", 0.0, replace(cfg, distill=plain), replace(prep, injected=None)))
         results = {}
-        for w in grid:
-            sub_cfg = replace(cfg, distill=replace(cfg.distill, node_weight=float(w), weight_grid=[]))
-            sub = out / "grid" / f"w={w:g}"
+        for name, _, sub_cfg, sub_prep in candidates:
+            sub = out / "grid" / (name if name == "vanilla" else f"w={name}")
             sub.mkdir(parents=True, exist_ok=True)
-            log.info("safeguard: distillation weight %g", w)
-            results[w] = fit(sub_cfg, prep, sub, resume=resume and (sub / "last.pt").exists())
-        chosen_weight = min(grid, key=lambda w: (results[w]["val_mae"], w))
-        src = out / "grid" / f"w={chosen_weight:g}"
-        for name in ("best.pt", "last.pt", "metrics.csv"):
-            shutil.copyfile(src / name, out / name)
-        fitres = results[chosen_weight]
+            log.info("safeguard: %s", "vanilla (no teacher)" if name == "vanilla" else f"distillation weight {name}")
+            results[name] = fit(sub_cfg, sub_prep, sub, resume=resume and (sub / "last.pt").exists())
+            results[name]["dir"] = sub
+        name, chosen_weight, _, prep = min(candidates, key=lambda c: (results[c[0]]["val_mae"], c[1], c[0] != "vanilla"))
+        for file in ("best.pt", "last.pt", "metrics.csv"):
+            shutil.copyfile(results[name]["dir"] / file, out / file)
+        fitres = results[name]
         fitres["seconds"] = sum(r["seconds"] for r in results.values())
-        grid_summary = {f"{w:g}": results[w]["val_mae"] for w in grid}
+        grid_summary = {k: r["val_mae"] for k, r in results.items()}
     else:
         fitres = fit(cfg, prep, out, resume=resume)
         grid_summary = None
@@ -392,6 +401,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
         "distill_weight": (chosen_weight if chosen_weight is not None else
                            (cfg.distill.node_weight if prep.teacher is not None else 0.0)),
         "weight_grid_val_mae": grid_summary,
+        "inject_layers": list(cfg.distill.inject_layers) if prep.injected is not None else [],
         "seed": cfg.seed, "split_seed": split_seed, "n_train": len(prep.splits["train"]), "n_val": len(prep.splits["val"]),
         "n_test": len(test_idx), "n_skipped": len(prep.problems), "n_missing_labels": prep.n_missing_labels,
         "val_mae": fitres["val_mae"], "best_epoch": fitres["best_epoch"], "epochs": cfg.epochs,
