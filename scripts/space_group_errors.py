@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Where does a teacher's space-group classification go wrong, and what could do better?
 
-On the structures the teacher held out while pretraining (its validation split, re-derived from
-the recorded seed and fraction and checked against the recorded data fingerprint), report:
+On the structures the teacher held out while pretraining (its validation split, read from the
+``split.json`` recorded beside the teacher, and checked against the recorded data fingerprint),
+report:
 
 * top-1 / top-5 accuracy against the space-group labels at the teacher's tolerance and at
   looser ones: if the errors were structures distorted below the graph's resolution (Gaussian
@@ -96,21 +97,20 @@ def main(argv=None) -> int:
     from crysdistill.data.readers import read_dataset
     from crysdistill.data.symmetry import crystal_system_index, space_group_number
     from crysdistill.errors import UserError
-    from crysdistill.teacher.checkpoint import load_heads, load_teacher
+    from crysdistill.teacher.checkpoint import load_heads, load_split, load_teacher
     from crysdistill.teacher.data import data_fingerprint
-    from crysdistill.teacher.evaluate import _batches
+    from crysdistill.teacher.evaluate import _batches, held_out_graphs
     from crysdistill.teacher.pretext.base import build_task
-    from crysdistill.teacher.pretrain import split_indices
 
     teacher = load_teacher(args.teacher)
     heads = load_heads(teacher)
     if "space_group" not in heads["tasks"]:
         raise UserError(f"{teacher.path}: the teacher has no space-group head")
     meta = teacher.meta
-    if not all(k in meta for k in ("pretrain_config", "n_train", "n_val", "data_fingerprint")):
-        raise UserError(f"{teacher.path}: the checkpoint does not record its pretraining split; pass a teacher "
+    if not all(k in meta for k in ("n_train", "n_val", "data_fingerprint")):
+        raise UserError(f"{teacher.path}: the checkpoint does not record its pretraining data; pass a teacher "
                         "written by 'crysdistill pretrain'")
-    cfg = meta["pretrain_config"]
+    split = load_split(teacher)
     data = args.data or meta.get("data")
     if not data or not Path(data).exists():
         raise UserError(f"{data}: the teacher's pretraining corpus is not there; pass it with --data")
@@ -121,13 +121,14 @@ def main(argv=None) -> int:
     graphs = build_graphs(ds.records, CrystalGraphFeaturizer(settings))
     if data_fingerprint(graphs) != meta["data_fingerprint"]:
         raise UserError(f"{data}: not the data teacher {teacher.fingerprint} was pretrained on (fingerprint "
-                        "differs), so its validation split cannot be re-derived")
-    train_idx, val_idx = split_indices(len(graphs), cfg["val_fraction"], cfg["seed"])
+                        "differs); pass that corpus with --data")
+    held = held_out_graphs(graphs, split, data)
+    held_keys = set(held.keys)
+    train_idx = np.asarray([i for i, k in enumerate(graphs.keys) if k not in held_keys])
     by_id = {r.id: r for r in ds.records}
-    print(f"{data}: {len(train_idx)} training / {len(val_idx)} held-out structures "
+    print(f"{data}: {len(train_idx)} training / {len(held)} held-out structures "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    held = graphs.subset(val_idx.tolist())
     task = build_task("space_group", teacher.encoder.width, settings, heads["tasks"]["space_group"])
     task.load_state_dict(heads["heads"]["space_group"])
     task.eval()
