@@ -375,7 +375,12 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
         for name, _, sub_cfg, sub_prep in candidates:
             sub = out / "grid" / (name if name == "vanilla" else f"w={name}")
             sub.mkdir(parents=True, exist_ok=True)
-            log.info("safeguard: %s", "vanilla (no teacher)" if name == "vanilla" else f"distillation weight {name}")
+            what = f"distillation weight {name}"
+            if name == "vanilla":
+                what = "vanilla (no teacher)"
+            elif sub_prep.injected is not None:
+                what = f"the teacher's layers {','.join(map(str, cfg.distill.inject_layers))} as input, {what}"
+            log.info("safeguard: %s", what)
             results[name] = fit(sub_cfg, sub_prep, sub, resume=resume and (sub / "last.pt").exists())
             results[name]["dir"] = sub
         name, chosen_weight, _, prep = min(candidates, key=lambda c: (results[c[0]]["val_mae"], c[1], c[0] != "vanilla"))
