@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import socket
@@ -246,3 +247,36 @@ def test_property_task_trains_and_evaluates(tmp_path: Path, sample_path: Path, c
     bad = load_pretrain_config(None, [*TINY, "tasks.property.options.label=band_gap"], {"epochs": 1})
     with pytest.raises(UserError, match=r"no structure has the label 'band_gap'.*formation_energy_per_atom"):
         pretrain(bad, str(sample_path), tmp_path / "bad", workers=1, limit=40, progress=False)
+
+
+def test_a_label_absent_from_the_first_records_is_warned_about_before_featurising(
+        tmp_path: Path, sample_path: Path, write_jsonl, caplog: pytest.LogCaptureFixture) -> None:
+    """The first chunk read without the label a task reads gives a warning before its graphs are
+    built; labelled records later in the corpus still count (the run does not stop). A corpus that
+    fits in one chunk without the label stops before any graph is built."""
+    from crysdistill.data.graph import GraphSettings
+    from crysdistill.teacher.data import check_labels, stream_graphs
+
+    with gzip.open(sample_path, "rt") as fh:
+        rows = [json.loads(line) for line in fh][:30]
+    for r in rows[:20]:
+        r.pop("formation_energy_per_atom")
+    data = write_jsonl(tmp_path / "late.jsonl.gz", rows)
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "none of the first" in r.getMessage()]
+
+    built = []  # (records done, warnings so far) after each chunk's graphs
+    with caplog.at_level("WARNING", logger="crysdistill"):
+        graphs = stream_graphs(str(data), GraphSettings(), tmp_path / "c", workers=1, chunk=10,
+                               expect_labels=["formation_energy_per_atom"], progress=lambda n: built.append((n, len(warnings()))))
+    assert built == [(10, 1), (20, 1), (30, 1)]  # warned once, before the first chunk's graphs were built
+    assert "none of the first 10 records has the label 'formation_energy_per_atom'" in warnings()[0]
+    check_labels(graphs, ["formation_energy_per_atom"], str(data))  # labelled records later: no error
+    caplog.clear()
+    stream_graphs(str(data), GraphSettings(), tmp_path / "c", workers=1, chunk=10, expect_labels=["e_above_hull"])  # in every record
+    assert not warnings()
+    built.clear()
+    with pytest.raises(UserError, match=r"no structure has the label 'band_gap'.*e_above_hull, formation_energy"):
+        stream_graphs(str(data), GraphSettings(), tmp_path / "c2", workers=1, chunk=100, expect_labels=["band_gap"],
+                      progress=lambda n: built.append(n))
+    assert built == [] and not warnings()

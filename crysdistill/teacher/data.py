@@ -8,6 +8,7 @@ over the same data finds every graph in the cache and does no neighbour search.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -20,6 +21,8 @@ from crysdistill.data.graph import CrystalGraphFeaturizer, GraphSettings
 from crysdistill.data.readers import iter_raw
 from crysdistill.data.records import Problem, Record, check_structure
 from crysdistill.errors import RecordError, UserError
+
+log = logging.getLogger(__name__)
 
 
 def iter_records(source: str, on_error: str = "raise", limit: int | None = None,
@@ -59,7 +62,7 @@ def iter_records(source: str, on_error: str = "raise", limit: int | None = None,
 
 def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.PathLike | None = None,
                   workers: int = 2, on_error: str = "raise", limit: int | None = None, chunk: int = 4096,
-                  progress: Callable[[int], None] | None = None) -> GraphSet:
+                  progress: Callable[[int], None] | None = None, expect_labels: Sequence[str] = ()) -> GraphSet:
     """Featurise ``source`` into the graph cache chunk by chunk and return its lazy graph set.
 
     Args:
@@ -71,9 +74,14 @@ def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.Path
         limit: use only the first ``limit`` usable records.
         chunk: records read and featurised at a time (bounds memory).
         progress: called with the number of records done after each chunk.
+        expect_labels: record labels a pretext task reads. If none of the first chunk's records
+            has one, that is an error when the chunk is the whole corpus and a warning otherwise,
+            before any graph is built (:func:`check_labels` decides at the end; a corpus may hold
+            its labelled records late).
 
     Raises:
-        UserError: no usable structure, or a bad record with ``on_error="raise"``.
+        UserError: no usable structure, a bad record with ``on_error="raise"``, or an expected
+            label on no record of a corpus that fits in one chunk.
     """
     if on_error not in ("raise", "skip"):
         raise UserError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -104,11 +112,30 @@ def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.Path
         if progress is not None:
             progress(len(keys) + len(problems))
 
+    first = True
+
+    def check_first_chunk(whole: bool) -> None:
+        """Before the first chunk is featurised: a label no record of it has is an error if the
+        chunk is the whole corpus, else a warning (labelled records may come later)."""
+        for key in expect_labels:
+            if not any(r.labels.get(key) is not None for r in buffer):
+                found = sorted({k for r in buffer for k, v in r.labels.items() if v is not None})
+                if whole:
+                    raise UserError(_no_label_message(source, key, found))
+                log.warning("%s: none of the first %d records has the label %r that a pretext task reads "
+                            "(labels found: %s); the run stops after building the graphs if no record has it",
+                            source, len(buffer), key, ", ".join(found) or "none")
+
     for record in iter_records(source, on_error, limit, problems):
         buffer.append(record)
         if len(buffer) >= chunk:
+            if first:
+                check_first_chunk(whole=False)
+                first = False
             flush()
     if buffer:
+        if first:
+            check_first_chunk(whole=True)
         flush()
     if not keys:
         if problems:
@@ -164,5 +191,9 @@ def check_labels(graphs: GraphSet, keys: Sequence[str], source: str) -> None:
     for key in keys:
         if not any(lab.get(key) is not None for lab in graphs.labels):
             found = sorted({k for lab in graphs.labels[:1000] for k, v in lab.items() if v is not None})
-            raise UserError(f"{source}: no structure has the label {key!r} that a pretext task reads "
-                            f"(labels found: {', '.join(found) or 'none'}); set the task's label option to one of them")
+            raise UserError(_no_label_message(source, key, found))
+
+
+def _no_label_message(source: str, key: str, found: Sequence[str]) -> str:
+    return (f"{source}: no structure has the label {key!r} that a pretext task reads "
+            f"(labels found: {', '.join(found) or 'none'}); set the task's label option to one of them")

@@ -136,6 +136,11 @@ class PretrainConfig:
         for name, spec in self.active_tasks().items():
             build_task(name, self.encoder.width, self.graph, spec)  # a bad task or option fails now, before any data is read
 
+    def label_keys(self) -> tuple[str, ...]:
+        """Record labels the active pretext tasks read (:attr:`PretextTask.label_keys`)."""
+        return tuple(sorted({k for name, spec in self.active_tasks().items()
+                             for k in build_task(name, self.encoder.width, self.graph, spec).label_keys}))
+
     def active_tasks(self) -> dict[str, dict]:
         """Tasks with a weight > 0, as ``{name: {"weight": w, "options": {…}}}``."""
         out = {}
@@ -523,7 +528,7 @@ def pretrain(config: PretrainConfig | None, data: str, out_dir: str | os.PathLik
     if config.threads:
         torch.set_num_threads(config.threads)
     graphs = stream_graphs(data, config.graph, cache_dir, workers=workers, on_error=on_error, limit=limit,
-                           progress=build_progress if d.main else None)
+                           progress=build_progress if d.main else None, expect_labels=config.label_keys() if d.main else ())
     if d.main and graphs.problems:
         log.warning("%d record(s) skipped (first: %s: %s)", len(graphs.problems), graphs.problems[0].record,
                     graphs.problems[0].reason)
