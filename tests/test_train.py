@@ -126,11 +126,16 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path):
     # a run stopped after 2 epochs, resumed (extended) to 3, must equal 3 straight epochs
     inter = tmp_path / "inter"
     assert main([*args, "--epochs", "2", "--out", str(inter), "optim.scheduler=none"]) == 0
+    # pretend the first two epochs took 1,000 s: the resumed run's wall time must include them
+    state = torch.load(inter / "last.pt", weights_only=True)
+    state["seconds"] += 1000.0
+    torch.save(state, inter / "last.pt")
     assert main([*args, "--epochs", "3", "--out", str(inter), "--resume", "optim.scheduler=none"]) == 0
     a = json.loads((part / "summary.json").read_text())
     b = json.loads((inter / "summary.json").read_text())
     assert b["val_mae"] == pytest.approx(a["val_mae"], rel=1e-5)
     assert len(list(csv.DictReader(open(inter / "metrics.csv")))) == 3
+    assert b["train_seconds"] > 1000 and b["seconds"] > b["train_seconds"]
 
 
 def test_predict_roundtrip_and_errors(tmp_path, teacher_path, capsys):

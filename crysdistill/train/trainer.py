@@ -198,7 +198,9 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     """Train one student on prepared data; writes ``best.pt``, ``last.pt``, ``metrics.csv``.
 
     Returns:
-        ``{"val_mae", "best_epoch", "seconds"}``.
+        ``{"val_mae", "best_epoch", "seconds", "seconds_before"}``: ``seconds`` is the training
+        time of every epoch, ``seconds_before`` that of the epochs an interrupted run had done
+        before this call resumed it.
     """
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -223,6 +225,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     teacher_fp_before = state_fingerprint(prep.teacher.encoder.state_dict()) if prep.teacher is not None else None
 
     start_epoch, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
+    before = 0.0
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
     if resume and last_path.exists():
@@ -238,6 +241,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
         start_epoch, best_val, best_epoch, elapsed = (state["epoch"] + 1, state["best_val"], state["best_epoch"],
                                                       state["seconds"])
         torch.set_rng_state(state["torch_rng"])
+        before = elapsed
         log.info("resuming %s at epoch %d (best val MAE %.4g at epoch %d)", out, start_epoch + 1, best_val, best_epoch)
     elif metrics_path.exists():
         metrics_path.unlink()
@@ -317,7 +321,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
         after = state_fingerprint(prep.teacher.encoder.state_dict())
         if after != teacher_fp_before:  # the teacher is frozen; this would be a bug
             raise RuntimeError("the teacher's weights or buffers changed during training")
-    return {"val_mae": best_val, "best_epoch": best_epoch, "seconds": elapsed}
+    return {"val_mae": best_val, "best_epoch": best_epoch, "seconds": elapsed, "seconds_before": before}
 
 
 def _run_extras(cfg: TrainConfig, prep: Prepared, epoch: int, val_mae: float) -> dict:
@@ -388,6 +392,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
             shutil.copyfile(results[name]["dir"] / file, out / file)
         fitres = results[name]
         fitres["seconds"] = sum(r["seconds"] for r in results.values())
+        fitres["seconds_before"] = sum(r["seconds_before"] for r in results.values())
         grid_summary = {k: r["val_mae"] for k, r in results.items()}
     else:
         fitres = fit(cfg, prep, out, resume=resume)
@@ -426,7 +431,8 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
                 w.writerow([prep.graphs.ids[i]] + [v for t in range(len(cfg.targets))
                                                    for v in (true[k, t], pred[k, t])])
     summary["train_seconds"] = fitres["seconds"]
-    summary["seconds"] = time.perf_counter() - t_start
+    # wall time of the run: this call's, plus the epochs an interrupted run did before it resumed
+    summary["seconds"] = time.perf_counter() - t_start + fitres["seconds_before"]
     atomic_write_text(json.dumps(summary, indent=1), out / "summary.json")
     del ckpt
     return summary
