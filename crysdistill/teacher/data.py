@@ -93,9 +93,13 @@ def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.Path
     problems: list[Problem] = []
     n_built = 0
     buffer: list[Record] = []
+    n_chunks = 0
 
-    def flush() -> None:
-        nonlocal n_built
+    def flush(last: bool) -> None:
+        nonlocal n_built, n_chunks
+        if n_chunks == 0:
+            check_first_chunk(whole=last)
+        n_chunks += 1
         try:
             part = build_graphs(buffer, featurizer, cache_dir, workers=workers, on_error=on_error)
         except RecordError:
@@ -112,8 +116,6 @@ def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.Path
         if progress is not None:
             progress(len(keys) + len(problems))
 
-    first = True
-
     def check_first_chunk(whole: bool) -> None:
         """Before the first chunk is featurised: a label no record of it has is an error if the
         chunk is the whole corpus, else a warning (labelled records may come later)."""
@@ -129,14 +131,9 @@ def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.Path
     for record in iter_records(source, on_error, limit, problems):
         buffer.append(record)
         if len(buffer) >= chunk:
-            if first:
-                check_first_chunk(whole=False)
-                first = False
-            flush()
+            flush(last=False)
     if buffer:
-        if first:
-            check_first_chunk(whole=True)
-        flush()
+        flush(last=True)
     if not keys:
         if problems:
             raise UserError(f"{source}: no usable structures ({len(problems)} skipped; first: "

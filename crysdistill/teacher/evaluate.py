@@ -23,7 +23,7 @@ from crysdistill.errors import UserError
 from crysdistill.teacher.checkpoint import Teacher
 from crysdistill.teacher.data import GraphDataset
 from crysdistill.teacher.encoder import CrysGNNEncoder
-from crysdistill.teacher.pretext.base import PretextTask, build_task
+from crysdistill.teacher.pretext.base import PretextTask, build_task, task_label_keys
 from crysdistill.teacher.pretext.connectivity import ConnectivityReconstruction
 from crysdistill.teacher.pretext.space_group import N_SPACE_GROUPS
 
@@ -158,7 +158,7 @@ def evaluate_teacher(teacher: Teacher, heads: dict, graphs: GraphSet, device: to
     bit_major = (stats["feature_frequency"] > 0.5).double()
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)  # the same sampled negative pairs on every call
-        label_keys = sorted({k for task in tasks.values() for k in task.label_keys})
+        label_keys = task_label_keys(tasks.values())
         labels: dict[str, list[torch.Tensor]] = {k: [] for k in label_keys}
         for batch in _batches(graphs, settings, batch_size, device, label_keys):
             out = encoder(batch)

@@ -38,7 +38,7 @@ from crysdistill.errors import ConfigError, UserError
 from crysdistill.teacher.checkpoint import heads_path, save_heads, save_teacher
 from crysdistill.teacher.data import GraphDataset, check_labels, data_fingerprint, stream_graphs
 from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
-from crysdistill.teacher.pretext.base import PretextResult, build_task
+from crysdistill.teacher.pretext.base import PretextResult, build_task, task_label_keys
 from crysdistill.teacher.pretext.connectivity import ConnectivityReconstruction
 from crysdistill.utils import atomic_save, atomic_write_text, load_checkpoint, seed_everything
 
@@ -138,8 +138,8 @@ class PretrainConfig:
 
     def label_keys(self) -> tuple[str, ...]:
         """Record labels the active pretext tasks read (:attr:`PretextTask.label_keys`)."""
-        return tuple(sorted({k for name, spec in self.active_tasks().items()
-                             for k in build_task(name, self.encoder.width, self.graph, spec).label_keys}))
+        return task_label_keys(build_task(name, self.encoder.width, self.graph, spec)
+                               for name, spec in self.active_tasks().items())
 
     def active_tasks(self) -> dict[str, dict]:
         """Tasks with a weight > 0, as ``{name: {"weight": w, "options": {…}}}``."""
@@ -182,7 +182,7 @@ class PretrainModel(nn.Module):
     @property
     def label_keys(self) -> tuple[str, ...]:
         """Record labels some task reads (attached to every batch), sorted."""
-        return tuple(sorted({k for task in self.tasks.values() for k in task.label_keys}))
+        return task_label_keys(self.tasks.values())
 
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, PretextResult]]:
         out = self.encoder(batch)

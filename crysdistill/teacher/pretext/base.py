@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -92,6 +92,11 @@ def task_options(cls: type[PretextTask]) -> dict[str, Any]:
     """The options a task class accepts, with their defaults (its keyword-only arguments)."""
     sig = inspect.signature(cls.__init__)
     return {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def task_label_keys(tasks: Iterable[PretextTask]) -> tuple[str, ...]:
+    """The record labels any of ``tasks`` reads (:attr:`PretextTask.label_keys`), sorted."""
+    return tuple(sorted({k for task in tasks for k in task.label_keys}))
 
 
 def build_task(name: str, width: int, settings: GraphSettings, spec: Mapping[str, Any]) -> PretextTask:
