@@ -280,3 +280,7 @@ def test_a_label_absent_from_the_first_records_is_warned_about_before_featurisin
         stream_graphs(str(data), GraphSettings(), tmp_path / "c2", workers=1, chunk=100, expect_labels=["band_gap"],
                       progress=lambda n: built.append(n))
     assert built == [] and not warnings()
+    with pytest.raises(UserError, match="no structure has the label 'band_gap'"):  # exactly one chunk: still whole
+        stream_graphs(str(data), GraphSettings(), tmp_path / "c2", workers=1, chunk=30, expect_labels=["band_gap"],
+                      progress=lambda n: built.append(n))
+    assert built == [] and not warnings()

@@ -128,10 +128,14 @@ def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.Path
                             "(labels found: %s); the run stops after building the graphs if no record has it",
                             source, len(buffer), key, ", ".join(found) or "none")
 
-    for record in iter_records(source, on_error, limit, problems):
+    records = iter_records(source, on_error, limit, problems)
+    for record in records:
         buffer.append(record)
         if len(buffer) >= chunk:
-            flush(last=False)
+            following = next(records, None)  # one record ahead: is this chunk the last?
+            flush(last=following is None)
+            if following is not None:
+                buffer.append(following)
     if buffer:
         flush(last=True)
     if not keys:
