@@ -128,14 +128,10 @@ def stream_graphs(source: str, settings: GraphSettings, cache_dir: str | os.Path
                             "(labels found: %s); the run stops after building the graphs if no record has it",
                             source, len(buffer), key, ", ".join(found) or "none")
 
-    records = iter_records(source, on_error, limit, problems)
-    for record in records:
-        buffer.append(record)
+    for record in iter_records(source, on_error, limit, problems):
         if len(buffer) >= chunk:
-            following = next(records, None)  # one record ahead: is this chunk the last?
-            flush(last=following is None)
-            if following is not None:
-                buffer.append(following)
+            flush(last=False)  # a full chunk is featurised once a record after it is read
+        buffer.append(record)
     if buffer:
         flush(last=True)
     if not keys:
