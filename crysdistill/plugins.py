@@ -1,4 +1,5 @@
-"""Entry-point plugins: students (``crysdistill.students``) and pretext tasks (``crysdistill.pretext``).
+"""Entry-point plugins: students (``crysdistill.students``), teachers (``crysdistill.teachers``) and pretext
+tasks (``crysdistill.pretext``).
 
 Plugins load on demand: listing reads only the metadata, so a broken plugin shows as a warning
 where it is listed and never breaks other commands.
@@ -12,6 +13,7 @@ from importlib import metadata
 from crysdistill.errors import UserError
 
 STUDENTS_GROUP = "crysdistill.students"
+TEACHERS_GROUP = "crysdistill.teachers"
 PRETEXT_GROUP = "crysdistill.pretext"
 
 

@@ -63,6 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default="0.1", help="distillation weights to run (node_weight); 0 = vanilla is always run")
     p.add_argument("--layers", default="-1", help="teacher layers matched, e.g. 0,1,2 (multi-scale)")
     p.add_argument("--inject", default="", help="also run embedding injection of these teacher layers (e.g. 0,1,2)")
+    p.add_argument("--tag-teacher", action="store_true",
+                   help="name the teacher in the injection and distillation modes (inject-chgnet-L0.1.2.3.4), so runs "
+                        "of several teachers share one --out and one vanilla")
+    p.add_argument("--sized-all", action="store_true",
+                   help="use --sizes for every target (the elasticity and phonon sets keep 20%% validation and test; "
+                        "by default they train on the remaining 60%%)")
     p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla runs (e.g. when another process runs them)")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     p.add_argument("--out", default="runs/benchmark")
@@ -96,11 +102,12 @@ def run_grid(args: argparse.Namespace) -> None:
     layers = [int(x) for x in args.layers.split(",")]
     inject = [int(x) for x in args.inject.split(",")] if args.inject else []
     layer_tag = "" if layers == [-1] else "-L" + ".".join(map(str, layers))
+    teacher_tag = "-" + args.teacher.replace(":", "_").replace("/", "_") if args.tag_teacher else ""
     # (mode name, node weight, injected layers)
     modes = [] if args.no_vanilla else [("vanilla", 0.0, [])]
-    modes += [(f"distill-w{w:g}{layer_tag}", w, []) for w in weights]
+    modes += [(f"distill{teacher_tag}-w{w:g}{layer_tag}", w, []) for w in weights]
     if inject:
-        modes.append((f"inject-L{'.'.join(map(str, inject))}", 0.0, inject))
+        modes.append((f"inject{teacher_tag}-L{'.'.join(map(str, inject))}", 0.0, inject))
     datasets: dict[str, object] = {}
     for target in targets:
         if target not in DATA:
@@ -112,7 +119,7 @@ def run_grid(args: argparse.Namespace) -> None:
             print(f"read {fname}: {len(datasets[fname])} structures in {time.perf_counter() - t0:.0f} s", flush=True)
         for student in students:
             cfg_file = Path(args.config_dir) / f"{student}.yaml"
-            for n in (sizes if sized else [None]):
+            for n in (sizes if sized or args.sized_all else [None]):
                 for seed in seeds:
                     for mode, w, inj in modes:
                         run = out / "runs" / student / target / f"n{n or 'all'}" / mode / f"seed{seed}"

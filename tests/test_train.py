@@ -73,11 +73,11 @@ def test_train_cli_writes_run_folder(tmp_path, capsys):
 def test_distilled_run_keeps_teacher_frozen(tmp_path, teacher_path):
     cfg = _cfg(tmp_path, teacher=teacher_path)
     prep = prepare(cfg, SAMPLE)
-    before = {k: v.clone() for k, v in prep.teacher.encoder.state_dict().items()}
+    before = {k: v.clone() for k, v in prep.teacher.module.state_dict().items()}
     assert prep.embeddings is not None and prep.embeddings.n_computed == 48
     res = fit(cfg, prep, tmp_path / "run")
     assert np.isfinite(res["val_mae"])
-    enc = prep.teacher.encoder
+    enc = prep.teacher.module
     assert not enc.training
     assert all(not p.requires_grad for p in enc.parameters())
     for k, v in enc.state_dict().items():
@@ -100,7 +100,7 @@ def test_distilled_from_a_teacher_with_bond_angles(tmp_path):
     save_teacher(path, CrysGNNEncoder(EncoderConfig(width=16, layers=2, angular_orders=3)), GraphSettings())
     cfg = _cfg(tmp_path, teacher=path)
     prep = prepare(cfg, SAMPLE)
-    assert prep.teacher.encoder.config.angular_orders == 3 and prep.embeddings.n_computed == 48
+    assert prep.teacher.module.config.angular_orders == 3 and prep.embeddings.n_computed == 48
     assert np.isfinite(fit(cfg, prep, tmp_path / "run")["val_mae"])
 
 

@@ -22,10 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.001")
     p.set_defaults(func=cmd_pretrain)
 
-    t = sub.add_parser("teacher", help="describe or evaluate a teacher checkpoint")
+    t = sub.add_parser("teacher", help="list, describe or evaluate teachers")
     tsub = t.add_subparsers(dest="teacher_command", metavar="ACTION", required=True)
-    info = tsub.add_parser("info", help="print what a teacher checkpoint holds")
-    info.add_argument("teacher", help="teacher.pt, or 'default' for the shipped teacher")
+    ls = tsub.add_parser("list", help="installed teachers: distribution, version, layers × widths, training data")
+    ls.add_argument("--json", action="store_true", help="print one JSON list")
+    ls.add_argument("--no-load", action="store_true",
+                    help="only read the plugins' metadata (fast; no layers or training data)")
+    ls.set_defaults(func=cmd_list)
+    info = tsub.add_parser("info", help="print what a teacher holds (any --teacher value)")
+    info.add_argument("teacher", help="chgnet, sevennet[:variant], a shipped CrysGNN name (default, crysgnn, "
+                      "mp-eform) or a teacher.pt")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_info)
     ev = tsub.add_parser("eval", help="pretext accuracies (space group, crystal system, connectivity, features) on a dataset")
@@ -51,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_probe_args(pr)
 
     e = sub.add_parser("embed", help="per-structure and per-atom teacher embeddings of a dataset → .npz")
-    e.add_argument("--teacher", default="default", help="teacher.pt or 'default' (the shipped teacher)")
+    e.add_argument("--teacher", default="default",
+                   help="any teacher: chgnet, sevennet, a shipped CrysGNN name or a teacher.pt (default 'default')")
     add_data_args(e)
     e.add_argument("-o", "--output", required=True, metavar="NPZ", help="output file (.npz)")
     e.add_argument("--layers", default=None, metavar="LIST",
@@ -117,10 +124,65 @@ def _graphs(args: argparse.Namespace, settings):
     return graphs
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    from crysdistill.teacher.checkpoint import heads_path, load_teacher
+def cmd_list(args: argparse.Namespace) -> int:
+    from crysdistill.teachers.registry import get_teacher_class, list_teachers
 
-    teacher = load_teacher(args.teacher)
+    rows = []
+    for info in list_teachers(try_load=not args.no_load):
+        row = {"name": info.name, "distribution": info.distribution, "version": info.version, "value": info.value,
+               "error": info.error}
+        if info.error is None and not args.no_load:
+            cls = get_teacher_class(info.name)
+            row["variants"] = cls.variants()
+            row["default_variant"] = cls.default_variant
+            row["package"] = f"{cls.package} {cls.package_version()}"
+            try:
+                t = cls(None)
+                row.update(layers=f"{len(t.layer_widths)} × {'/'.join(map(str, sorted(set(t.layer_widths))))}",
+                           trained_on=t.training.dataset, labels=list(t.training.labels), fingerprint=t.fingerprint)
+            except Exception as exc:  # a teacher that fails to load is one warning, not a crash
+                row["error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':10s} {'distribution':14s} {'package':16s} {'layers':9s} {'status':7s} trained on")
+    for r in rows:
+        status = "ok" if r["error"] is None else "BROKEN"
+        print(f"{r['name']:10s} {r['distribution'] + ' ' + r['version']:14s} {r.get('package', '?'):16s} "
+              f"{r.get('layers', '?'):9s} {status:7s} {r.get('trained_on', '')}")
+        if r.get("variants"):
+            print(f"{'':10s} variants: {', '.join(r['variants'])} (default {r['default_variant']})"
+                  + (f"; labels: {', '.join(r['labels'])}" if r.get("labels") else ""))
+    for r in rows:
+        if r["error"] is not None:
+            print(f"warning: teacher {r['name']!r} ({r['value']}) does not load: {r['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from crysdistill.teacher.checkpoint import heads_path
+    from crysdistill.teachers.registry import load_teacher as load_any
+
+    plugin = load_any(args.teacher)
+    if not hasattr(plugin, "teacher"):  # a foundation teacher: its own description
+        desc = plugin.describe()
+        if args.json:
+            print(json.dumps(desc, indent=1))
+            return 0
+        n_params = sum(p.numel() for p in plugin.module.parameters())
+        print(f"teacher      {plugin.spec} ({plugin.package} {plugin.package_version()}, checkpoint {plugin.variant})")
+        print(f"fingerprint  {plugin.fingerprint}")
+        print(f"parameters   {n_params:,}")
+        print("layers       " + ", ".join(f"{k} {n} ({w})" for k, (n, w) in
+                                          enumerate(zip(plugin.layer_names, plugin.layer_widths))))
+        tr = plugin.training
+        print(f"trained on   {tr.dataset}; labels: {', '.join(tr.labels)}")
+        print(f"leaks into   {', '.join(tr.leaked_targets) or 'nothing declared'}")
+        print("settings     " + ", ".join(f"{k} {v}" for k, v in plugin.settings.items()))
+        print(f"variants     {', '.join(plugin.variants())}")
+        return 0
+    teacher = plugin.teacher
     meta = teacher.meta
     n_params = sum(p.numel() for p in teacher.encoder.parameters())
     heads = heads_path(teacher.path)
@@ -219,7 +281,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from crysdistill.teacher.checkpoint import load_teacher
     from crysdistill.teacher.evaluate import embed
 
     layers = None
@@ -228,7 +289,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
             layers = [int(v) for v in args.layers.split(",") if v.strip()]
         except ValueError:
             raise UserError(f"--layers must be comma-separated integers (e.g. 0,1,2), not {args.layers!r}") from None
-    teacher = load_teacher(args.teacher)
+    from crysdistill.teachers.registry import load_teacher as load_any
+
+    plugin = load_any(args.teacher)
+    if not hasattr(plugin, "teacher"):
+        return _embed_records(args, plugin, layers)
+    teacher = plugin.teacher
     # embedding needs no symmetry labels: the graphs then share the cache with CGCNN-family students
     settings = replace(_graph_settings(teacher, args.overrides), symmetry=False)
     graphs = _graphs(args, settings)
@@ -237,4 +303,57 @@ def cmd_embed(args: argparse.Namespace) -> int:
     np.savez(out, teacher_fingerprint=np.asarray(teacher.fingerprint), **arrays)
     print(f"{out}: {len(arrays['ids'])} structures, {arrays['node'].shape[0]} atoms, "
           f"{arrays['graph'].shape[1]} features (layers {','.join(map(str, arrays['layers']))})")
+    return 0
+
+
+def _embed_records(args: argparse.Namespace, teacher, layers) -> int:
+    """``embed`` with any teacher plugin: structures streamed in chunks, each embedded once (cached)."""
+    import numpy as np
+    import torch
+
+    from crysdistill.cli.common import report_problems
+    from crysdistill.distill.cache import check_records, embed_records
+    from crysdistill.teacher.data import iter_records
+    from crysdistill.utils import build_progress
+
+    if args.overrides:
+        raise UserError(f"graph.KEY=VALUE overrides are for CrysGNN teachers; {teacher.spec} builds its own graphs")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    ids, graphs, nodes, sizes, problems = [], [], [], [], []
+    chunk: list = []
+    ks = None
+
+    def flush():
+        nonlocal ks
+        ok, bad = check_records(teacher, chunk, on_error=args.on_error)
+        problems.extend(bad)
+        emb = embed_records(teacher, ok, layers, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                            progress=build_progress(f"{teacher.spec} embeddings"))
+        for r, key in zip(ok, emb.keys):
+            a = emb.store.get(key)
+            ids.append(r.id)
+            nodes.append(np.array(a["node"], dtype=np.float32))
+            graphs.append(np.array(a["graph"], dtype=np.float32))
+            sizes.append(a["node"].shape[0])
+        emb.store.close()
+        ks = emb.fingerprint.rsplit("-L", 1)[1]
+        chunk.clear()
+
+    for item in iter_records(resolve_data(args.data), on_error=args.on_error, limit=args.limit, problems=problems):
+        chunk.append(item)
+        if len(chunk) >= 2048:
+            flush()
+    if chunk or not ids:
+        flush()
+    report_problems(problems)
+    if not ids:
+        raise UserError(f"{args.data}: no structure could be embedded by {teacher.spec}")
+    layer_list = [int(k) for k in ks.split(".")]
+    out = args.output if args.output.endswith(".npz") else args.output + ".npz"
+    np.savez(out, teacher_fingerprint=np.asarray(teacher.fingerprint), teacher=np.asarray(teacher.spec),
+             ids=np.asarray(ids), graph=np.stack(graphs), node=np.concatenate(nodes),
+             offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), layers=np.asarray(layer_list))
+    print(f"{out}: {len(ids)} structures, {sum(sizes)} atoms, {graphs[0].shape[0]} features "
+          f"(layers {','.join(map(str, layer_list))} of {teacher.spec})")
     return 0

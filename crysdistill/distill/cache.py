@@ -4,11 +4,18 @@ The teacher is frozen (evaluation mode, no gradients), so its atom embeddings ar
 of (teacher weights, structure, chosen layers). They are computed in batches the first time and
 stored in an LMDB keyed by the structure's content, under a folder named by the teacher's
 fingerprint and the layer selection: a distilled epoch then costs about as much as a vanilla one.
+
+:func:`embed_records` serves any teacher plugin (:class:`~crysdistill.teachers.base.TeacherAdapter`)
+from pymatgen structures; :func:`teacher_embeddings` serves a loaded CrysGNN
+:class:`~crysdistill.teacher.checkpoint.Teacher` from graphs already built (probe, untrained twins).
+Both store the same values under the same fingerprint, so they share the cache.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,45 +24,44 @@ import torch
 import torch.nn.functional as F
 
 from crysdistill.data.batch import collate
-from crysdistill.data.cache import GraphSet, GraphStore, default_cache_dir
+from crysdistill.data.cache import GraphSet, GraphStore, default_cache_dir, pack_arrays, structure_key
+from crysdistill.data.records import Problem, Record
 from crysdistill.distill.losses import TeacherTargets
+from crysdistill.errors import RecordError, UserError
 from crysdistill.teacher.checkpoint import Teacher
+from crysdistill.teachers.base import TeacherAdapter
+
+log = logging.getLogger("crysdistill")
 
 
 def normalize_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     """Resolve layer indices (0 = input embedding, ``n_layers`` = last; negatives count from the end).
 
     Raises:
-        ValueError: an index outside ``0…n_layers``.
+        ConfigError: an index outside ``0…n_layers``.
     """
+    from crysdistill.errors import ConfigError
+
     if not layers:
         return [n_layers]
     out = []
     for layer in layers:
         k = layer if layer >= 0 else n_layers + 1 + layer
         if not 0 <= k <= n_layers:
-            raise ValueError(f"teacher layer {layer} does not exist (the teacher has layers 0…{n_layers})")
+            raise ConfigError(f"teacher layer {layer} does not exist (the teacher has layers 0…{n_layers}, "
+                              "0 = input embedding)")
         out.append(k)
     return out
 
 
-def encode_layers(teacher: Teacher, batch, layers: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen teacher on a collated batch.
-
-    Each selected layer is L2-normalised per atom and the layers are concatenated, so every layer
-    weighs the same (the last layer alone equals the encoder's ``node`` output).
-
-    Returns:
-        ``(node, graph)``: ``(N, width · len(layers))`` atom embeddings and ``(B, width · len(layers))``
-        their per-structure means.
-    """
-    from torch_geometric.utils import scatter
-
-    with torch.no_grad():
-        out = teacher.encoder(batch)
-        node = torch.cat([F.normalize(out.layers[k], dim=-1) for k in layers], dim=-1)
-        graph = scatter(node, out.batch, dim=0, dim_size=int(batch.num_graphs), reduce="mean")
-    return node, graph
+def _pack_layers(layers: Sequence[torch.Tensor], ptr: Sequence[int], ks: Sequence[int]) -> list[bytes]:
+    """Each chosen layer L2-normalised per atom and concatenated; one packed entry per structure."""
+    node = torch.cat([F.normalize(layers[k].float(), dim=-1) for k in ks], dim=-1).cpu()
+    out = []
+    for b in range(len(ptr) - 1):
+        n = node[ptr[b]:ptr[b + 1]]
+        out.append(pack_arrays({"node": n.numpy().astype(np.float32), "graph": n.mean(0).numpy().astype(np.float32)}))
+    return out
 
 
 @dataclass
@@ -115,19 +121,99 @@ def teacher_embeddings(
                        settings={"teacher": teacher.fingerprint, "layers": ks, "path": teacher.path})
     todo = sorted({teacher_graphs.keys[i]: i for i in store.missing(teacher_graphs.keys)}.values())
     teacher.encoder.eval()
-    from crysdistill.data.cache import pack_arrays
-
     for start in range(0, len(todo), batch_size):
         idx = todo[start:start + batch_size]
         batch = collate([teacher_graphs[i] for i in idx], teacher.graph_settings)
-        node, graph = encode_layers(teacher, batch, ks)
-        ptr = batch.ptr.tolist()
-        store.put_many([
-            (teacher_graphs.keys[i], pack_arrays({"node": node[ptr[b]:ptr[b + 1]].numpy().astype(np.float32),
-                                                  "graph": graph[b].numpy().astype(np.float32)}))
-            for b, i in enumerate(idx)
-        ])
+        with torch.no_grad():
+            layers_out = teacher.encoder(batch).layers
+        blobs = _pack_layers(layers_out, batch.ptr.tolist(), ks)
+        store.put_many([(teacher_graphs.keys[i], blob) for i, blob in zip(idx, blobs)])
         if progress is not None:
             progress(min(start + batch_size, len(todo)), len(todo))
     store.close()
     return TeacherEmbeddings(store, list(teacher_graphs.keys), teacher.encoder.width * len(ks), fp, len(todo))
+
+
+def check_records(teacher: TeacherAdapter, records: Sequence[Record], on_error: str = "raise"
+                  ) -> tuple[list[Record], list[Problem]]:
+    """Keep the records ``teacher`` can embed (see :meth:`TeacherAdapter.check`).
+
+    Raises:
+        RecordError: with ``on_error="raise"``, the first record it cannot embed, named with the teacher.
+    """
+    ok, problems = [], []
+    for r in records:
+        reason = teacher.check(r.structure)
+        if reason is None:
+            ok.append(r)
+            continue
+        err = RecordError(r.name, f"teacher {teacher.spec} cannot embed it: {reason}",
+                          "remove it, pass --on-error skip, or use another teacher")
+        if on_error != "skip":
+            raise err
+        problems.append(Problem(r.name, f"teacher {teacher.spec} cannot embed it: {reason}"))
+    return ok, problems
+
+
+def _embed_batch(teacher: TeacherAdapter, records: Sequence[Record]):
+    """``teacher.embed`` of some records; a failure is retried one by one to name the record."""
+    try:
+        return teacher.embed([r.structure for r in records])
+    except Exception as exc:
+        if len(records) == 1:
+            raise RecordError(records[0].name, f"teacher {teacher.spec} failed on it ({type(exc).__name__}: {exc})",
+                              "remove it or pass --on-error skip") from None
+        for r in records:
+            _embed_batch(teacher, [r])
+        raise UserError(f"teacher {teacher.spec} failed on a batch of {len(records)} structures but on none of them "
+                        f"alone ({type(exc).__name__}: {exc}); lower the batch size") from None
+
+
+def embed_records(
+    teacher: TeacherAdapter,
+    records: Sequence[Record],
+    layers: Sequence[int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TeacherEmbeddings:
+    """Embed the structures of ``records`` with any teacher plugin, computing only what the cache lacks.
+
+    Each chosen layer is L2-normalised per atom and the layers are concatenated (every layer weighs
+    the same); the per-structure embedding is the mean over atoms. Run :func:`check_records` first
+    to name or skip structures the teacher cannot embed.
+
+    Args:
+        teacher: a loaded teacher plugin (frozen).
+        records: the structures (their content keys the cache).
+        layers: layer indices (0 = input embedding, -1 = last; default: the last).
+        cache_dir: cache folder (default :func:`default_cache_dir`).
+        batch_size: structures per forward pass (default: the teacher's ``batch_size``).
+        progress: ``progress(done, total)`` callback.
+
+    Returns:
+        :class:`TeacherEmbeddings` aligned with ``records``.
+    """
+    ks = normalize_layers(layers, teacher.n_layers)
+    fp = f"{teacher.fingerprint}-L{'.'.join(map(str, ks))}"
+    store = GraphStore(cache_dir or default_cache_dir(), name="teacher-embeddings", fingerprint=fp,
+                       settings={"teacher": teacher.spec, "fingerprint": teacher.fingerprint, "layers": ks,
+                                 "layer_names": [teacher.layer_names[k] for k in ks]})
+    keys = [structure_key(r.structure) for r in records]
+    todo = sorted({keys[i]: i for i in store.missing(keys)}.values())
+    bs = int(batch_size or teacher.batch_size)
+    t0 = time.perf_counter()
+    for start in range(0, len(todo), bs):
+        idx = todo[start:start + bs]
+        out = _embed_batch(teacher, [records[i] for i in idx])
+        blobs = _pack_layers(out.layers, out.ptr.tolist(), ks)
+        store.put_many([(keys[i], blob) for i, blob in zip(idx, blobs)])
+        if progress is not None:
+            progress(min(start + bs, len(todo)), len(todo))
+    if todo:
+        dt = time.perf_counter() - t0
+        log.info("teacher %s: embedded %d structure(s) in %.1f s (%.1f structures/s; %d from the cache)",
+                 teacher.spec, len(todo), dt, len(todo) / max(dt, 1e-9), len(records) - len(todo))
+    store.close()
+    dim = sum(int(teacher.layer_widths[k]) for k in ks)
+    return TeacherEmbeddings(store, keys, dim, fp, len(todo))

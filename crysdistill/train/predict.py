@@ -46,19 +46,24 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
     ds = read_dataset(data, on_error=on_error)
     graphs = build_graphs(ds.records, featurizer, cache_dir=cache_dir, workers=workers, on_error=on_error)
     injected = None
+    skipped = ds.problems + graphs.problems
     if ckpt.get("inject"):  # the student reads the teacher's atom embeddings as extra inputs
-        from crysdistill.distill.cache import teacher_embeddings
-        from crysdistill.teacher.checkpoint import load_teacher
+        from crysdistill.distill.cache import check_records, embed_records
+        from crysdistill.teachers.registry import load_teacher
 
         inj = ckpt["inject"]
-        teacher = load_teacher(inj["teacher"])
+        teacher = load_teacher(inj["teacher"], device=resolve_device(device))
         if teacher.fingerprint != inj["teacher_fingerprint"]:
             raise CheckpointError(f"{checkpoint}: was trained with teacher {inj['teacher_fingerprint']} injected, but "
-                                  f"{inj['teacher']} is now teacher {teacher.fingerprint}; restore that teacher file")
+                                  f"{inj['teacher']} is now teacher {teacher.fingerprint} ({teacher.package} "
+                                  f"{teacher.package_version()}); restore that teacher (file or package version)")
         by_id = {r.id: r for r in ds.records}
-        tgraphs = build_graphs([by_id[i] for i in graphs.ids], teacher.featurizer(), cache_dir=cache_dir,
-                               workers=workers, on_error="raise")
-        injected = teacher_embeddings(teacher, tgraphs, inj["layers"], cache_dir=cache_dir)
+        ok, bad = check_records(teacher, [by_id[i] for i in graphs.ids], on_error=on_error)
+        if bad:
+            skipped += bad
+            keep = {r.id for r in ok}
+            graphs = graphs.subset([k for k, rid in enumerate(graphs.ids) if rid in keep])
+        injected = embed_records(teacher, ok, inj["layers"], cache_dir=cache_dir)
     dev = resolve_device(device)
     adapter.to(dev)
     pred = predict_indices(adapter, graphs, list(range(len(graphs))), batch_size, dev, injected)
@@ -80,6 +85,5 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
                         errs[t].append(abs(pred[k, j] - v))
                 row.append(float(pred[k, j]))
             w.writerow(row)
-    return {"n_predicted": len(graphs), "n_skipped": len(ds.problems) + len(graphs.problems),
-            "problems": ds.problems + graphs.problems,
+    return {"n_predicted": len(graphs), "n_skipped": len(skipped), "problems": skipped,
             "mae": {t: float(np.mean(e)) for t, e in errs.items() if e}}

@@ -25,7 +25,7 @@ from crysdistill.config import to_dict
 from crysdistill.data.cache import GraphSet, build_graphs
 from crysdistill.data.readers import Dataset, read_dataset
 from crysdistill.data.records import Problem
-from crysdistill.distill.cache import TeacherEmbeddings, teacher_embeddings
+from crysdistill.distill.cache import TeacherEmbeddings, check_records, embed_records
 from crysdistill.distill.losses import DistillationLoss
 from crysdistill.errors import ConfigError, UserError
 from crysdistill.students.base import StudentAdapter
@@ -39,7 +39,6 @@ from crysdistill.utils import (
     build_progress,
     load_checkpoint,
     seed_everything,
-    state_fingerprint,
 )
 
 log = logging.getLogger("crysdistill.train")
@@ -120,29 +119,36 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
 
     teacher = embeddings = injected = None
     if cfg.teacher:
-        from crysdistill.teacher.checkpoint import load_teacher
+        from crysdistill.teachers.base import leaks
+        from crysdistill.teachers.registry import load_teacher
 
-        teacher = load_teacher(cfg.teacher)
+        teacher = load_teacher(cfg.teacher, device=resolve_device(cfg.device))
+        for t in cfg.targets:
+            if leaks(teacher.training, t):
+                log.warning("warning: teacher %s was trained on %s (%s), which gives away the target %r: its gain "
+                            "on this target is not a gain a label it never saw would get", teacher.spec,
+                            ", ".join(teacher.training.labels), teacher.training.dataset, t)
         by_id = {r.id: r for r in records}
-        tgraphs = build_graphs([by_id[i] for i in graphs.ids], teacher.featurizer(), cache_dir=cfg.cache_dir,
-                               workers=cfg.workers, on_error=cfg.on_error, progress=_progress("teacher graphs"))
-        if tgraphs.problems:  # structures the student can represent but the teacher cannot
-            problems += tgraphs.problems
-            ok = set(tgraphs.ids)
-            keep = [k for k, rid in enumerate(graphs.ids) if rid in ok]
+        ok, bad = check_records(teacher, [by_id[i] for i in graphs.ids], on_error=cfg.on_error)
+        if bad:  # structures the student can represent but the teacher cannot
+            problems += bad
+            keep_ids = {r.id for r in ok}
+            keep = [k for k, rid in enumerate(graphs.ids) if rid in keep_ids]
             graphs, y = graphs.subset(keep), y[keep]
+        aligned = [by_id[i] for i in graphs.ids]
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     splits = make_splits(len(graphs), cfg.train_size, cfg.val_size, cfg.test_size, split_seed)
     normalizer = Normalizer.fit(y[splits["train"]])
     if teacher is not None:
-        # only the training structures are distilled; tgraphs is aligned with graphs
-        emb = teacher_embeddings(teacher, tgraphs.subset(splits["train"].tolist()), cfg.distill.teacher_layers,
-                                 cache_dir=cfg.cache_dir, progress=_progress("teacher embeddings"))
-        # embeddings are looked up by structure key: align them with the whole graph list
-        embeddings = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
+        # only the training structures are distilled; embeddings are looked up by structure key,
+        # so they are aligned with the whole graph list
         if cfg.distill.inject_layers:  # inputs of every split, not only training
-            injected = teacher_embeddings(teacher, tgraphs, cfg.distill.inject_layers, cache_dir=cfg.cache_dir,
-                                          progress=_progress("teacher embeddings (injection)"))
+            injected = embed_records(teacher, aligned, cfg.distill.inject_layers, cache_dir=cfg.cache_dir,
+                                     progress=_progress(f"{teacher.spec} embeddings (injection)"))
+        if cfg.distill.node_weight or cfg.distill.graph_weight or cfg.distill.weight_grid:
+            emb = embed_records(teacher, [aligned[i] for i in splits["train"]], cfg.distill.teacher_layers,
+                                cache_dir=cfg.cache_dir, progress=_progress(f"{teacher.spec} embeddings"))
+            embeddings = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
     return Prepared(graphs, y, splits, normalizer, teacher, embeddings, injected, problems, n_missing,
                     student.featurizer().fingerprint())
 
@@ -222,7 +228,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     mean = torch.tensor(prep.normalizer.mean, dtype=torch.float32)
     std = torch.tensor(prep.normalizer.std, dtype=torch.float32)
     y_norm = torch.tensor((prep.y - prep.normalizer.mean) / prep.normalizer.std, dtype=torch.float32)
-    teacher_fp_before = state_fingerprint(prep.teacher.encoder.state_dict()) if prep.teacher is not None else None
+    teacher_fp_before = prep.teacher.weights_fingerprint() if prep.teacher is not None else None
 
     start_epoch, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
     before = 0.0
@@ -318,8 +324,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
         log.info("epoch %d/%d  loss %.4f  train MAE %.4g  val MAE %.4g%s  %.1f s", epoch + 1, cfg.epochs,
                  sums["loss"] / n, train_mae, val_mae, "  *" if improved else "", row[-1])
     if prep.teacher is not None:
-        after = state_fingerprint(prep.teacher.encoder.state_dict())
-        if after != teacher_fp_before:  # the teacher is frozen; this would be a bug
+        if prep.teacher.weights_fingerprint() != teacher_fp_before:  # the teacher is frozen; this would be a bug
             raise RuntimeError("the teacher's weights or buffers changed during training")
     return {"val_mae": best_val, "best_epoch": best_epoch, "seconds": elapsed, "seconds_before": before}
 
@@ -333,7 +338,9 @@ def _run_extras(cfg: TrainConfig, prep: Prepared, epoch: int, val_mae: float) ->
         "teacher_fingerprint": prep.teacher.fingerprint if prep.teacher is not None else None,
         "featurizer_fingerprint": prep.featurizer_fingerprint,
         "inject": ({"teacher": str(cfg.teacher), "teacher_fingerprint": prep.teacher.fingerprint,
-                    "layers": list(cfg.distill.inject_layers)} if prep.injected is not None else None),
+                    "teacher_plugin": prep.teacher.name, "layers": list(cfg.distill.inject_layers)}
+                   if prep.injected is not None else None),
+        "teacher": prep.teacher.describe() if prep.teacher is not None else None,
         "train_config": to_dict(cfg),
     }
 
@@ -400,6 +407,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
 
     # the test split, once, with the model selected on validation
     from crysdistill.students.checkpoint import load_student
+    from crysdistill.teachers.base import leaks
 
     device = resolve_device(cfg.device)
     best, ckpt = load_student(out / "best.pt")
@@ -408,6 +416,9 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
     summary = {
         "student": cfg.student, "targets": list(cfg.targets), "data": str(data),
         "teacher": cfg.teacher, "teacher_fingerprint": prep.teacher.fingerprint if prep.teacher is not None else None,
+        "teacher_trained_on": prep.teacher.training.to_dict() if prep.teacher is not None else None,
+        "teacher_leaks_target": (any(leaks(prep.teacher.training, t) for t in cfg.targets)
+                                 if prep.teacher is not None else None),
         "distill_weight": (chosen_weight if chosen_weight is not None else
                            (cfg.distill.node_weight if prep.teacher is not None else 0.0)),
         "weight_grid_val_mae": grid_summary,

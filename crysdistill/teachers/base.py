@@ -1,0 +1,257 @@
+"""The teacher plugin contract.
+
+A teacher is any frozen model that turns a crystal into per-atom embeddings a student can learn
+from: the CrysGNN encoder this project pretrains, or a universal interatomic potential (CHGNet,
+SevenNet-0) trained on millions of DFT calculations. It is wrapped in a :class:`TeacherAdapter`
+that
+
+1. is built from a *variant* (a checkpoint name the plugin ships, or a file) and loads the model
+   frozen: evaluation mode, ``requires_grad`` off, no force or stress heads;
+2. names its layers and their widths (layer 0 is the input embedding, the last is the deepest
+   block; only rotation-invariant channels);
+3. embeds a batch of pymatgen structures with :meth:`TeacherAdapter.embed`, returning a
+   :class:`TeacherOutput` with one ``(n_sites, width)`` block per layer, rows in each structure's
+   own site order, using the model's own graph builder;
+4. describes itself: a :attr:`~TeacherAdapter.fingerprint` of package, version, checkpoint,
+   weights and settings (what the on-disk embedding cache is keyed by), and what it was trained
+   on (:class:`TrainingData`), so a run whose target the teacher has already seen says so;
+5. rejects, in one line, a structure it cannot embed (:meth:`TeacherAdapter.check`).
+
+Teachers are found through the ``crysdistill.teachers`` entry-point group; crysdistill never
+imports a concrete teacher. The built-ins (``crysgnn``, ``chgnet``, ``sevennet``) are registered
+in ``pyproject.toml`` exactly as a third party registers its own; ``docs/teachers.md`` shows how,
+and :class:`crysdistill.testing.TeacherConformance` gives any teacher the same tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pymatgen.core import Structure
+from torch import nn
+
+#: Version of this contract. Teachers set ``api_version``; crysdistill refuses other versions.
+TEACHER_API_VERSION = 1
+
+
+@dataclass
+class TeacherOutput:
+    """Embeddings of ``B`` structures with ``S`` sites in total.
+
+    Attributes:
+        layers: one ``(S, D_l)`` float tensor per layer (``len(layers) == len(layer_widths)``);
+            rows are the sites of structure 0 in site order, then those of structure 1, …
+        ptr: ``(B + 1,)`` long offsets: the sites of structure ``b`` are rows ``ptr[b]:ptr[b+1]``.
+    """
+
+    layers: list[torch.Tensor]
+    ptr: torch.Tensor
+
+    def structure(self, b: int) -> list[torch.Tensor]:
+        """The ``(n_sites, D_l)`` blocks of structure ``b``."""
+        lo, hi = int(self.ptr[b]), int(self.ptr[b + 1])
+        return [x[lo:hi] for x in self.layers]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a teacher was trained on, so that leaks into a result can be named.
+
+    Attributes:
+        dataset: the data set, in words (e.g. ``"MPtrj: 1.58 M DFT frames of the Materials Project"``).
+        labels: what it learnt from (e.g. ``("energy", "forces", "stress", "magnetic moments")``).
+        leaked_targets: label keys of user data that these labels give away (e.g.
+            ``formation_energy_per_atom`` for a potential trained on Materials Project energies):
+            ``train`` warns when its target is one of them, and benchmarks mark such cells.
+        structures: whose structures it saw (e.g. ``"Materials Project relaxation trajectories"``).
+    """
+
+    dataset: str
+    labels: tuple[str, ...] = ()
+    leaked_targets: tuple[str, ...] = ()
+    structures: str = ""
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "labels": list(self.labels), "leaked_targets": list(self.leaked_targets),
+                "structures": self.structures}
+
+
+def leaks(training: TrainingData, target: str) -> bool:
+    """Whether the label ``target`` of user data is one this teacher was (in effect) trained on."""
+    t = target.lower()
+    return any(t == k.lower() for k in training.leaked_targets)
+
+
+@dataclass
+class TeacherInfo:
+    """A loaded teacher's self-description (``crysdistill teacher list/info``, checkpoints, summaries)."""
+
+    name: str
+    variant: str
+    package: str
+    version: str
+    layer_names: list[str]
+    layer_widths: list[int]
+    fingerprint: str
+    training: TrainingData
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "variant": self.variant, "package": self.package, "version": self.version,
+                "layers": [{"name": n, "width": w} for n, w in zip(self.layer_names, self.layer_widths)],
+                "fingerprint": self.fingerprint, "trained_on": self.training.to_dict(), "settings": self.settings}
+
+
+class TeacherAdapter(ABC):
+    """Base class of every teacher.
+
+    Subclasses set :attr:`name`, :attr:`api_version` and :attr:`default_variant`, and implement
+    :meth:`load`, :meth:`embed`, :attr:`layer_names`, :attr:`layer_widths`, :attr:`training` and
+    :attr:`module`; they may override :meth:`check`, :meth:`variants`, :meth:`claims`,
+    :attr:`settings` and :attr:`batch_size`.
+
+    Args:
+        variant: which checkpoint (a name from :meth:`variants`, or a path the plugin accepts);
+            ``None`` = :attr:`default_variant`.
+        device: where the model runs (``None`` = CPU).
+
+    Raises:
+        crysdistill.errors.UserError: an unknown variant (the message lists the valid ones) or
+            a missing package (the message names the ``pip install`` that brings it).
+    """
+
+    name: ClassVar[str] = "teacher"
+    api_version: ClassVar[int] = TEACHER_API_VERSION
+    default_variant: ClassVar[str] = ""
+    #: PyPI distribution that provides the model (for messages and ``teacher list``).
+    package: ClassVar[str] = "crysdistill"
+    #: structures per forward pass when the embedding cache calls :meth:`embed`.
+    batch_size: ClassVar[int] = 32
+
+    def __init__(self, variant: str | None = None, device: str | torch.device | None = None) -> None:
+        self.variant = str(variant) if variant else self.default_variant
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.load()
+        self.module.eval()
+        self.module.requires_grad_(False)
+        self._fingerprint: str | None = None
+
+    # ---- to implement -----------------------------------------------------------------------
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model of :attr:`variant` (frozen; the base class also sets ``eval()``)."""
+
+    @abstractmethod
+    def embed(self, structures: Sequence[Structure]) -> TeacherOutput:
+        """Embed a batch of structures; every layer of :attr:`layer_names`, sites in site order.
+
+        Must run without gradients, be deterministic, and give each structure the same embedding
+        in a batch as alone.
+        """
+
+    @property
+    @abstractmethod
+    def layer_names(self) -> list[str]:
+        """Names of the layers, input embedding first (e.g. ``["embedding", "conv1", …]``)."""
+
+    @property
+    @abstractmethod
+    def layer_widths(self) -> list[int]:
+        """Width of each layer's atom embeddings (rotation-invariant channels only)."""
+
+    @property
+    @abstractmethod
+    def training(self) -> TrainingData:
+        """What this teacher was trained on."""
+
+    @property
+    @abstractmethod
+    def module(self) -> nn.Module:
+        """The frozen ``torch`` model (its state is part of the fingerprint; it must never change)."""
+
+    # ---- may override -----------------------------------------------------------------------
+
+    @classmethod
+    def variants(cls) -> list[str]:
+        """Checkpoint names this plugin can load without a network (for ``teacher list``)."""
+        return [cls.default_variant] if cls.default_variant else []
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        """Whether a bare ``--teacher`` value that is not a plugin name belongs to this plugin
+        (e.g. a shipped checkpoint's name or a file path); default: no."""
+        return False
+
+    @property
+    def settings(self) -> dict:
+        """Settings that change the embeddings besides the weights (cutoffs, …); JSON-able."""
+        return {}
+
+    def check(self, structure: Structure) -> str | None:
+        """Why this teacher cannot embed ``structure`` (``None`` if it can); cheap, called on every
+        record before anything is embedded so that bad records are named (or skipped) up front."""
+        return None
+
+    # ---- provided ---------------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        """Index of the last layer (layers are ``0 … n_layers``)."""
+        return len(self.layer_widths) - 1
+
+    @property
+    def spec(self) -> str:
+        """What a user passes to ``--teacher`` to get this teacher back (``name:variant``)."""
+        return f"{self.name}:{self.variant}" if self.variant != self.default_variant else self.name
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the plugin, package version, variant, settings and the model's weights."""
+        if self._fingerprint is None:
+            from crysdistill.utils import state_fingerprint
+
+            h = hashlib.sha1(json.dumps({
+                "plugin": self.name, "package": self.package, "version": self.package_version(),
+                "variant": self.variant, "settings": self.settings,
+                "weights": state_fingerprint(self.module.state_dict()),
+            }, sort_keys=True).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def weights_fingerprint(self) -> str:
+        """Hash of the model's weights and buffers now (to check that nothing changed them)."""
+        from crysdistill.utils import state_fingerprint
+
+        return state_fingerprint(self.module.state_dict())
+
+    @classmethod
+    def package_version(cls) -> str:
+        from importlib import metadata
+
+        try:
+            return metadata.version(cls.package)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    def info(self) -> TeacherInfo:
+        return TeacherInfo(self.name, self.variant, self.package, self.package_version(), list(self.layer_names),
+                           [int(w) for w in self.layer_widths], self.fingerprint, self.training, dict(self.settings))
+
+    def describe(self) -> dict:
+        """JSON-able description: name, variant, package, version, layers, fingerprint, training data."""
+        return self.info().to_dict()
+
+
+def missing_package(teacher: str, package: str, exc: Exception) -> Exception:
+    """A one-line error for a teacher whose optional package is not installed."""
+    from crysdistill.errors import UserError
+
+    return UserError(f"teacher {teacher!r} needs the package {package!r} ({type(exc).__name__}: {exc}); "
+                     f"install it with: pip install {package}")
