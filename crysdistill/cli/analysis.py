@@ -66,6 +66,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--json", action="store_true", help="print one JSON object")
     k.set_defaults(func=cmd_krr)
 
+    h = sub.add_parser("head", help="the teacher + head reference: an MLP (or ridge) on a frozen teacher's "
+                       "per-structure embeddings, on the splits 'train' makes")
+    h.add_argument("--teacher", default=None,
+                   help="any teacher: chgnet, sevennet, a shipped CrysGNN name or a teacher.pt")
+    add_data_args(h)
+    h.add_argument("--target", required=True, metavar="KEY", help="label to predict")
+    h.add_argument("--features", choices=("teacher", "composition"), default="teacher",
+                   help="the teacher's embeddings (default) or composition features (no teacher)")
+    h.add_argument("--layers", default=None, metavar="LIST", help="teacher layers averaged over atoms (default: all)")
+    h.add_argument("--train-size", type=float, help="training structures (count or fraction; default: the rest)")
+    h.add_argument("--val-size", type=float, help="validation structures (count or fraction; default 10%%)")
+    h.add_argument("--test-size", type=float, help="test structures (count or fraction; default 10%%)")
+    h.add_argument("--seed", type=int, default=0, help="seed of the split and of the head (default 0)")
+    h.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed)")
+    h.add_argument("--student", default="cgcnn",
+                   help="keep the structures this student can featurise, as 'train --student' does (default cgcnn)")
+    h.add_argument("--out", default=None, metavar="DIR", help="write summary.json and head.pt here")
+    h.add_argument("-o", "--output", default=None, metavar="CSV", help="write test predictions (id, target, prediction)")
+    h.add_argument("--threads", type=int, default=1, help="torch threads (0 = one per core; default 1)")
+    h.add_argument("--json", action="store_true", help="print one JSON object")
+    h.set_defaults(func=cmd_head)
+
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from crysdistill.teacher.checkpoint import load_teacher
@@ -114,4 +136,28 @@ def cmd_krr(args: argparse.Namespace) -> int:
         print(format_krr(res))
         if args.output:
             print(f"test predictions written to {args.output}")
+    return 0
+
+
+def cmd_head(args: argparse.Namespace) -> int:
+    import torch
+
+    from crysdistill.teacher.probe import parse_layers
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.head import format_head, run_head
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(student=args.student, targets=[args.target], teacher=args.teacher,
+                      train_size=args.train_size, val_size=args.val_size, test_size=args.test_size, seed=args.seed,
+                      split_seed=args.split_seed, on_error=args.on_error, cache_dir=args.cache_dir,
+                      workers=args.workers, device="cpu")
+    data = resolve_data(args.data)
+    if args.limit is not None:
+        from crysdistill.data.readers import read_dataset
+
+        data = read_dataset(data, on_error=args.on_error, limit=args.limit)
+    res = run_head(cfg, data, features=args.features, layers=parse_layers(args.layers),
+                   output=args.output, out_dir=args.out)
+    print(json.dumps(_nan_to_none(res.to_dict()), indent=1) if args.json else format_head(res))
     return 0

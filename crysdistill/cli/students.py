@@ -79,7 +79,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.lr is not None:
         extra["optim"] = {"lr": args.lr}
     cfg = load_config(TrainConfig, args.config, args.overrides, extra=extra)
-    summary = train_student(cfg, resolve_data(args.data), args.out, resume=args.resume)
+    data = resolve_data(args.data)
+    if args.limit is not None:
+        from crysdistill.data.readers import read_dataset
+
+        data = read_dataset(data, on_error=cfg.on_error, limit=args.limit)
+    summary = train_student(cfg, data, args.out, resume=args.resume)
     if summary["n_skipped"]:
         print(f"{summary['n_skipped']} structure(s) skipped (see --on-error)", file=sys.stderr)
     mode = "vanilla"
@@ -104,7 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from crysdistill.train.predict import predict
 
     res = predict(args.checkpoint, resolve_data(args.data), args.output, student=args.student,
-                  on_error=args.on_error, cache_dir=args.cache_dir, workers=args.workers)
+                  on_error=args.on_error, cache_dir=args.cache_dir, workers=args.workers, limit=args.limit)
     report_problems(res["problems"])
     mae = "".join(f", MAE {t} {v:.4g}" for t, v in res["mae"].items())
     print(f"predicted {res['n_predicted']} structure(s){mae} -> {args.output}")

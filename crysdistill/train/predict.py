@@ -18,7 +18,7 @@ from crysdistill.train.trainer import predict_indices, resolve_device
 
 def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike, student: str | None = None,
             on_error: str = "raise", cache_dir=None, workers: int = 1, batch_size: int = 256,
-            device: str = "auto") -> dict:
+            device: str = "auto", limit: int | None = None) -> dict:
     """Write ``id, <target>_prediction…`` (and ``<target>_target`` where labels exist) to ``output``.
 
     Args:
@@ -43,7 +43,7 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
                               f"{adapter.name!r}; retrain with this version")
     targets = list(ckpt["targets"])
     norm = Normalizer.from_dict(ckpt["normalizer"])
-    ds = read_dataset(data, on_error=on_error)
+    ds = read_dataset(data, on_error=on_error, limit=limit)
     graphs = build_graphs(ds.records, featurizer, cache_dir=cache_dir, workers=workers, on_error=on_error)
     injected = None
     skipped = ds.problems + graphs.problems

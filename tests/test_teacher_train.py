@@ -1,0 +1,98 @@
+"""Training, predicting and the head reference with the foundation teachers (real packages and weights)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crysdistill.cli import main
+
+SMALL = ["--train-size", "40", "--val-size", "20", "--test-size", "20", "--epochs", "2", "--seed", "0",
+         "model.width=16", "model.layers=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher,layers", [("chgnet", "[0,1,2,3,4]"), ("sevennet", "[0,1,2,3,4,5]")])
+def test_injection_from_a_foundation_teacher_trains_and_predicts(tmp_path, capsys, teacher, layers):
+    out = tmp_path / "run"
+    assert main(["train", "--student", "cgcnn", "--teacher", teacher, "--data", "sample", "--target", "e_above_hull",
+                 *SMALL, "--out", str(out), "distill.node_weight=0", f"distill.inject_layers={layers}",
+                 "--limit", "100"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["teacher"] == teacher and s["inject_layers"] == json.loads(layers) and math.isfinite(s["test_mae"])
+    assert "MPtrj" in s["teacher_trained_on"]["dataset"] and s["teacher_leaks_target"] is True
+    assert f"with {teacher}'s layers" in capsys.readouterr().out
+    # predict embeds new structures with the same teacher and reproduces the test predictions
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), "--data", "sample", "--limit", "100",
+                 "-o", str(tmp_path / "p.csv")]) == 0
+    ours = {r["id"]: float(r["e_above_hull_prediction"]) for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    for r in csv.DictReader(open(out / "predictions_test.csv")):
+        assert ours[r["id"]] == pytest.approx(float(r["e_above_hull_prediction"]), abs=1e-4)
+
+
+def test_leaked_target_is_warned_about_once(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    assert main(["train", "--student", "cgcnn", "--teacher", "chgnet", "--data", "sample", "--target",
+                 "formation_energy_per_atom", *SMALL, "--limit", "80", "--out", str(tmp_path / "r")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "gives away the target" in r.getMessage()]
+    assert len(warnings) == 1 and "chgnet" in warnings[0] and "MPtrj" in warnings[0]
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["teacher_leaks_target"] is True and s["distill_weight"] == pytest.approx(0.1)
+
+
+def _with_bad_record(tmp_path):
+    """The sample's first 60 records plus one CHGNet cannot embed (an atom with no neighbour within 6 Å)."""
+    from crysdistill.cli.common import sample_path
+
+    rows = [json.loads(line) for line in gzip.open(sample_path(), "rt")][:60]
+    lonely = Structure(Lattice.cubic(7.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # 6.06 Å apart
+    rows.append({"id": "lonely-1", "structure": lonely.as_dict(), "formation_energy_per_atom": -1.0})
+    path = tmp_path / "data.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+def test_a_structure_the_teacher_cannot_embed_is_named_or_skipped(tmp_path, capsys):
+    data = _with_bad_record(tmp_path)
+    args = ["train", "--student", "cgcnn", "--teacher", "chgnet", "--data", str(data), "--target",
+            "formation_energy_per_atom", "--train-size", "30", "--val-size", "15", "--test-size", "15", "--epochs", "1",
+            "distill.node_weight=0", "distill.inject_layers=[4]"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lonely-1" in err and "teacher chgnet cannot embed it" in err
+    assert "no neighbour within CHGNet's 6 Å cutoff" in err and "--on-error skip" in err
+    assert main(args + ["--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["n_skipped"] == 1
+
+
+def test_head_reference_on_train_splits(tmp_path, capsys):
+    """The head sees the structures `train` would, split the same way; it beats the training mean."""
+    out = tmp_path / "h"
+    assert main(["head", "--teacher", "chgnet", "--data", "sample", "--target", "formation_energy_per_atom",
+                 "--train-size", "150", "--val-size", "50", "--test-size", "100", "--out", str(out), "-o",
+                 str(tmp_path / "pred.csv")]) == 0
+    res = json.loads((out / "summary.json").read_text())
+    assert res["n_train"] == 150 and res["n_test"] == 100 and res["layers"] == [0, 1, 2, 3, 4] and res["dim"] == 320
+    assert res["test_mae"] < 0.5 * res["mean_test_mae"]
+    assert res["chosen"] in res["candidates"] and res["val_mae"] == min(res["candidates"].values())
+    assert res["teacher_leaks_target"] is True
+    # the same structures as `train` with the same sizes and seed
+    assert main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+                 "--train-size", "150", "--val-size", "50", "--test-size", "100", "--epochs", "1",
+                 "--out", str(tmp_path / "t")]) == 0
+    split = json.loads((tmp_path / "t" / "splits.json").read_text())
+    assert [r["id"] for r in csv.DictReader(open(tmp_path / "pred.csv"))] == split["test"]
+    capsys.readouterr()
+    assert main(["head", "--features", "composition", "--data", "sample", "--target", "formation_energy_per_atom",
+                 "--train-size", "150", "--val-size", "50", "--test-size", "100", "--json"]) == 0
+    comp = json.loads(capsys.readouterr().out)
+    assert comp["teacher"] is None and np.isfinite(comp["test_mae"]) and comp["test_mae"] > res["test_mae"]
