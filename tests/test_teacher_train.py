@@ -96,3 +96,16 @@ def test_head_reference_on_train_splits(tmp_path, capsys):
                  "--train-size", "150", "--val-size", "50", "--test-size", "100", "--json"]) == 0
     comp = json.loads(capsys.readouterr().out)
     assert comp["teacher"] is None and np.isfinite(comp["test_mae"]) and comp["test_mae"] > res["test_mae"]
+
+
+def test_krr_and_probe_with_a_foundation_teacher(capsys):
+    assert main(["krr", "--teacher", "sevennet", "--data", "sample", "--target", "formation_energy_per_atom",
+                 "--train-size", "150", "--limit", "250", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["layers"] == [0, 1, 2, 3, 4, 5] and res["dim"] == 768 and res["teacher"].startswith("sevennet")
+    assert res["test_mae"] < 0.5 * res["mean_test_mae"]
+    assert main(["krr", "--teacher", "chgnet", "--features", "untrained", "--data", "sample", "--target",
+                 "formation_energy_per_atom", "--limit", "50"]) == 2
+    assert "untrained twins exist for CrysGNN teachers only" in capsys.readouterr().err
+    assert main(["probe", "--teacher", "chgnet", "--data", "sample", "--limit", "20"]) == 2
+    assert "crysdistill head --teacher chgnet" in capsys.readouterr().err

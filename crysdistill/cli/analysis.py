@@ -90,12 +90,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from crysdistill.teacher.checkpoint import load_teacher
+    from crysdistill.errors import UserError
     from crysdistill.teacher.probe import format_probe, parse_layers, probe_teacher, teacher_graphs
 
     t0 = time.perf_counter()
     layers = parse_layers(args.layers)
-    teacher = load_teacher(getattr(args, "ckpt", None) or args.teacher)
+    from crysdistill.teachers.registry import load_teacher as load_any
+
+    plugin = load_any(getattr(args, "ckpt", None) or args.teacher)
+    if not hasattr(plugin, "teacher"):
+        raise UserError(f"probe compares a CrysGNN teacher with its untrained twins; for {plugin.spec} use "
+                        f"'crysdistill head --teacher {plugin.spec}' (MLP and ridge) or 'crysdistill krr --teacher "
+                        f"{plugin.spec}'")
+    teacher = plugin.teacher
     graphs = teacher_graphs(teacher, resolve_data(args.data), cache_dir=args.cache_dir, workers=args.workers,
                             on_error=args.on_error, limit=args.limit)
     report_problems(graphs.problems)
@@ -108,9 +115,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_krr(args: argparse.Namespace) -> int:
-    from crysdistill.teacher.checkpoint import Teacher, load_teacher
+    from crysdistill.teacher.checkpoint import Teacher
     from crysdistill.teacher.probe import parse_layers, teacher_graphs
-    from crysdistill.train.krr import KERNELS, format_krr, run_krr
+    from crysdistill.train.krr import KERNELS, run_krr
 
     t0 = time.perf_counter()
     layers = parse_layers(args.layers)
@@ -121,7 +128,19 @@ def cmd_krr(args: argparse.Namespace) -> int:
 
         teacher = Teacher(CrysGNNEncoder().eval(), GraphSettings(), "none", {}, "none")
     else:
-        teacher = load_teacher(args.teacher or "default")
+        from crysdistill.teachers.registry import load_teacher as load_any
+
+        plugin = load_any(args.teacher or "default")
+        if not hasattr(plugin, "teacher"):  # a foundation teacher: features from its own embeddings
+            if args.layers == "0,1,2":
+                layers = None  # every layer, not NEGNN's first three
+            res = run_krr(plugin, resolve_data(args.data), args.target, layers=layers, features=args.features,
+                          train_size=args.train_size, val_size=args.val_size, test_size=args.test_size, seed=args.seed,
+                          kernels=KERNELS if args.kernel == "auto" else (args.kernel,), output=args.output,
+                          cache_dir=args.cache_dir, on_error=args.on_error, limit=args.limit,
+                          source=resolve_data(args.data))
+            return _print_krr(args, res, t0)
+        teacher = plugin.teacher
     graphs = teacher_graphs(teacher, resolve_data(args.data), cache_dir=args.cache_dir, workers=args.workers,
                             on_error=args.on_error, limit=args.limit)
     report_problems(graphs.problems)
@@ -129,6 +148,12 @@ def cmd_krr(args: argparse.Namespace) -> int:
     res = run_krr(teacher, graphs, args.target, layers=layers, features=args.features, train_size=args.train_size,
                   val_size=args.val_size, test_size=args.test_size, seed=args.seed, kernels=kernels,
                   output=args.output, cache_dir=args.cache_dir, source=resolve_data(args.data))
+    return _print_krr(args, res, t0)
+
+
+def _print_krr(args: argparse.Namespace, res, t0: float) -> int:
+    from crysdistill.train.krr import format_krr
+
     res.seconds = time.perf_counter() - t0  # with reading the data and building graphs
     if args.json:
         print(json.dumps(_nan_to_none(res.to_dict()), indent=1))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from crysdistill.distill.cache import normalize_layers
 from crysdistill.errors import UserError
 from crysdistill.teacher.checkpoint import Teacher
 from crysdistill.teacher.probe import (
@@ -37,6 +38,7 @@ from crysdistill.teacher.probe import (
     teacher_graphs,
     untrained_twin,
 )
+from crysdistill.teachers.base import TeacherAdapter
 from crysdistill.train.splits import make_splits
 
 log = logging.getLogger("crysdistill")
@@ -246,7 +248,8 @@ def run_krr(
     validation and test), as ``crysdistill train`` does. Only structures in a split are embedded.
 
     Args:
-        teacher: the loaded teacher (also defines the graphs for composition features).
+        teacher: the loaded CrysGNN teacher (also defines the graphs for composition features), or
+            any teacher plugin (its embeddings of every layer by default; no untrained twin).
         data: a dataset path, :class:`~crysdistill.data.Dataset`, records or teacher graph set.
         target: label to predict.
         layers: teacher layers averaged (default 0, 1, 2; ``None`` = every layer).
@@ -268,7 +271,24 @@ def run_krr(
             labelled structures, splits that do not fit, or a training set too large for a kernel.
     """
     t0 = time.perf_counter()
-    ks = check_layers(teacher, layers) if features != "composition" else []
+    plugin = None
+    if isinstance(teacher, TeacherAdapter):  # a teacher plugin that is not a CrysGNN checkpoint
+        from crysdistill.data.graph import GraphSettings
+        from crysdistill.data.readers import Dataset, read_dataset
+        from crysdistill.teacher.encoder import CrysGNNEncoder
+
+        if features == "untrained":
+            raise UserError(f"untrained twins exist for CrysGNN teachers only, not for {teacher.spec}")
+        plugin = teacher
+        if isinstance(data, (str, os.PathLike)):
+            data = read_dataset(data, on_error=on_error, limit=limit)
+        if not isinstance(data, Dataset):
+            raise UserError(f"krr with {plugin.spec} needs a dataset path or a Dataset")
+        ks = normalize_layers(layers, plugin.n_layers) if layers else list(range(plugin.n_layers + 1))
+        # the graphs only carry ids, labels and atomic numbers here: default settings, shared with CGCNN
+        teacher = Teacher(CrysGNNEncoder().eval(), GraphSettings(), plugin.fingerprint, {}, plugin.spec)
+    else:
+        ks = check_layers(teacher, layers) if features != "composition" else []
     if source is None:
         source = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
     graphs = teacher_graphs(teacher, data, cache_dir=cache_dir, workers=workers, on_error=on_error, limit=limit)
@@ -278,7 +298,15 @@ def run_krr(
         raise UserError(f"kernel ridge regression on {len(splits['train'])} training structures needs an n×n kernel; "
                         f"use --train-size {MAX_TRAIN} or fewer")
     used = np.concatenate([splits["train"], splits["val"], splits["test"]])
-    x_used = krr_features(features, teacher, graphs, lab_idx[used], ks, cache_dir=cache_dir, seed=seed)
+    if plugin is not None and features == "teacher":
+        from crysdistill.distill.cache import check_records
+        from crysdistill.train.head import structure_features
+
+        by_id = {r.id: r for r in data.records}
+        chosen, _ = check_records(plugin, [by_id[graphs.ids[i]] for i in lab_idx[used]])
+        x_used = structure_features(plugin, chosen, ks, cache_dir=cache_dir)
+    else:
+        x_used = krr_features(features, teacher, graphs, lab_idx[used], ks, cache_dir=cache_dir, seed=seed)
     x = np.zeros((len(lab_idx), x_used.shape[1]), dtype=np.float64)
     x[used] = x_used
     t_fit = time.perf_counter()
