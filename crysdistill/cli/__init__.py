@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from crysdistill import __version__
 from crysdistill.errors import UserError
 
-_MODULES = ("crysdistill.cli.data", "crysdistill.cli.teacher", "crysdistill.cli.students", "crysdistill.cli.analysis")
+_MODULES = ("crysdistill.cli.data", "crysdistill.cli.teacher", "crysdistill.cli.students", "crysdistill.cli.distill",
+            "crysdistill.cli.analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="crysdistill",
-        description="Distil a self-supervised crystal graph teacher into crystal property predictors.",
+        description="Distil crystal graph teachers (universal potentials or self-supervised CrysGNN) into crystal "
+        "property predictors.",
     )
     parser.add_argument("--version", action="version", version=f"crysdistill {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

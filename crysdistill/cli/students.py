@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--target", action="append", dest="targets", metavar="KEY",
                    help="label to predict (repeat for several)")
-    p.add_argument("--teacher", help="teacher checkpoint (teacher.pt) or 'default' (shipped); omit for vanilla")
+    p.add_argument("--teacher", help="any teacher: chgnet, sevennet[:variant], a shipped CrysGNN name (default, "
+                   "crysgnn, mp-eform) or a teacher.pt; omit for vanilla")
+    p.add_argument("--init", help="start from a distilled encoder: DIR/student.pt of 'crysdistill distill' or a "
+                   "shipped one (cgcnn-sevennet, cgcnn-chgnet; 'students list' shows them)")
     p.add_argument("--train-size", type=float, help="training structures (count or fraction; default: the rest)")
     p.add_argument("--val-size", type=float, help="validation structures (count or fraction; default 10%%)")
     p.add_argument("--test-size", type=float, help="test structures (count or fraction; default 10%%)")
@@ -51,7 +54,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     infos = list_students(try_load=True)
     if args.json:
-        print(json.dumps([vars(i) for i in infos], indent=1))
+        print(json.dumps({"students": [vars(i) for i in infos], "pre_distilled": _shipped_students()}, indent=1))
         return 0
     print(f"{'name':16s} {'distribution':28s} {'version':10s} status")
     for i in infos:
@@ -60,7 +63,35 @@ def cmd_list(args: argparse.Namespace) -> int:
     for i in infos:
         if i.error is not None:
             print(f"warning: student {i.name!r} ({i.value}) does not load: {i.error}", file=sys.stderr)
+    shipped = _shipped_students()
+    if shipped:
+        print("\npre-distilled encoders (train --init NAME):")
+        print(f"{'name':18s} {'student':8s} {'teacher':10s} {'layers':10s} {'corpus':26s} {'explained variance':20s}")
+        for r in shipped:
+            print(f"{r['name']:18s} {r['student']:8s} {r['teacher']:10s} {r['layers']:10s} {r['corpus']:26s} "
+                  f"{r['explained_variance']}")
     return 0
+
+
+def _shipped_students() -> list[dict]:
+    """The pre-distilled students shipped inside crysdistill, described from their checkpoints."""
+    from pathlib import Path
+
+    from crysdistill.distill.corpus import bundled_students
+    from crysdistill.utils import load_checkpoint
+
+    rows = []
+    for name, path in bundled_students().items():
+        ckpt = load_checkpoint(path)
+        d = ckpt.get("distillation") or {}
+        ev = d.get("val_explained_variance") or {}
+        rows.append({"name": name, "student": ckpt["student"]["name"], "teacher": d.get("teacher", "?"),
+                     "teacher_fingerprint": d.get("teacher_fingerprint"),
+                     "layers": ",".join(map(str, d.get("teacher_layers", []))),
+                     "corpus": f"{d.get('n_train', '?')} of {Path(d.get('corpus', '?')).name}",
+                     "corpus_fingerprint": d.get("corpus_fingerprint"),
+                     "explained_variance": " ".join(f"{float(v):.2f}" for v in ev.values()), "path": str(path)})
+    return rows
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -69,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crysdistill.train.trainer import train_student
 
     flags = {
-        "student": args.student, "targets": args.targets, "teacher": args.teacher,
+        "student": args.student, "targets": args.targets, "teacher": args.teacher, "init": args.init,
         "train_size": args.train_size, "val_size": args.val_size, "test_size": args.test_size,
         "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
         "on_error": args.on_error if args.on_error != "raise" else None, "cache_dir": args.cache_dir,
@@ -98,6 +129,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if inject:
             parts.append(f"with {summary['teacher']}'s layers {','.join(map(str, inject))} as input")
         mode = ", ".join(parts)
+    if summary.get("init"):
+        d = summary.get("init_distillation") or {}
+        start = f"from {summary['init']}" + (f" (distilled from {d['teacher']})" if d.get("teacher") else "")
+        mode = start if mode == "vanilla" else f"{mode}, {start}"
     test = "n/a" if summary["test_mae"] is None else f"{summary['test_mae']:.4g}"
     print(f"{summary['student']} {mode}: val MAE {summary['val_mae']:.4g} (epoch {summary['best_epoch']}), "
           f"test MAE {test}  [n_train {summary['n_train']}, n_val {summary['n_val']}, n_test {summary['n_test']}; "

@@ -64,7 +64,9 @@ class TrainConfig:
         student: registered student name (``crysdistill students list``).
         model: the student's model config (keys of its ``default_config``).
         targets: label keys to predict.
-        teacher: teacher checkpoint path, ``default`` for the shipped one, or ``None`` (vanilla).
+        teacher: any teacher (``chgnet``, ``sevennet``, a shipped CrysGNN name, a teacher.pt) or ``None``.
+        init: start the student from this encoder: a ``student.pt`` of ``crysdistill distill`` or a
+            shipped pre-distilled student (``cgcnn-sevennet``); ``None`` = fresh weights.
         train_size: training structures (count, fraction < 1, or ``None`` = the rest).
         val_size: validation structures (count or fraction; default 10 %).
         test_size: test structures (count or fraction; default 10 %).
@@ -88,6 +90,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)
     teacher: str | None = None
+    init: str | None = None
     train_size: float | None = None
     val_size: float | None = None
     test_size: float | None = None

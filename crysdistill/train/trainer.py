@@ -211,7 +211,16 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     adapter = build_student(cfg.student, cfg.model, n_targets=len(cfg.targets),
-                            extra_atom_features=prep.injected.dim if prep.injected is not None else 0).to(device)
+                            extra_atom_features=prep.injected.dim if prep.injected is not None else 0)
+    init = None
+    if cfg.init:
+        from crysdistill.distill.corpus import init_from
+
+        init = init_from(adapter, cfg.init)
+        d = init["distillation"] or {}
+        log.info("initialised %d tensors of %s from %s%s", init["loaded"], cfg.student, init["init"],
+                 f" (distilled from {d['teacher']} on {d.get('n_train')} structures)" if d else "")
+    adapter = adapter.to(device)
     distill = None
     if prep.embeddings is not None:
         distill = DistillationLoss(adapter.embedding_dim, prep.embeddings.dim, adapter.graph_embedding_dim,
@@ -309,7 +318,8 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
         improved = val_mae < best_val
         if improved:
             best_val, best_epoch = val_mae, epoch + 1
-            save_student(adapter, best_path, **_run_extras(cfg, prep, epoch + 1, val_mae))
+            save_student(adapter, best_path, **_run_extras(cfg, prep, epoch + 1, val_mae),
+                         init_distillation=(init or {}).get("distillation"))
         row = [epoch + 1, opt.param_groups[0]["lr"], sums["loss"] / n, sums["prop"] / n, sums["node"] / n,
                sums["graph"] / n, train_mae, val_mae, round(time.perf_counter() - t0, 3)]
         with open(metrics_path, "a", newline="") as fh:
@@ -341,6 +351,7 @@ def _run_extras(cfg: TrainConfig, prep: Prepared, epoch: int, val_mae: float) ->
                     "teacher_plugin": prep.teacher.name, "layers": list(cfg.distill.inject_layers)}
                    if prep.injected is not None else None),
         "teacher": prep.teacher.describe() if prep.teacher is not None else None,
+        "init": cfg.init,
         "train_config": to_dict(cfg),
     }
 
@@ -360,6 +371,10 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     get_student(cfg.student)  # an unknown name fails before any data is read
+    if cfg.init:
+        from crysdistill.distill.corpus import resolve_init
+
+        resolve_init(cfg.init)  # so does a missing --init
     t_start = time.perf_counter()
     prep = prepare(cfg, data)
     data = data.source if isinstance(data, Dataset) else data
@@ -423,6 +438,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
                            (cfg.distill.node_weight if prep.teacher is not None else 0.0)),
         "weight_grid_val_mae": grid_summary,
         "inject_layers": list(cfg.distill.inject_layers) if prep.injected is not None else [],
+        "init": cfg.init, "init_distillation": ckpt.get("init_distillation"),
         "seed": cfg.seed, "split_seed": split_seed, "n_train": len(prep.splits["train"]), "n_val": len(prep.splits["val"]),
         "n_test": len(test_idx), "n_skipped": len(prep.problems), "n_missing_labels": prep.n_missing_labels,
         "val_mae": fitres["val_mae"], "best_epoch": fitres["best_epoch"], "epochs": cfg.epochs,

@@ -1,0 +1,110 @@
+"""Encoder distillation on an unlabelled corpus, and students started from the distilled encoder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from crysdistill.cli import main
+from crysdistill.errors import CheckpointError
+
+SMALL = ["model.width=16", "model.layers=2", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    """A small CGCNN encoder distilled from CHGNet on the bundled sample (its labels unused)."""
+    out = tmp_path_factory.mktemp("distill") / "run"
+    assert main(["distill", "--teacher", "chgnet", "--data", "sample", "--out", str(out), "--epochs", "4",
+                 "--seed", "0", *SMALL, "teacher_layers=[0,2,4]", "val_fraction=0.1"]) == 0
+    return out
+
+
+def test_distillation_writes_a_self_describing_student(distilled):
+    from crysdistill.utils import load_checkpoint
+
+    rows = list(csv.DictReader(open(distilled / "metrics.csv")))
+    assert len(rows) == 4 and set(rows[0]) >= {"val_ev_L0", "val_ev_L2", "val_ev_L4", "val_loss"}
+    # the held-out loss falls, and explained variance is 1 - the normalised loss of each layer
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"]) < 1.0
+    for r in rows:
+        evs = [float(r[f"val_ev_L{k}"]) for k in (0, 2, 4)]
+        assert np.mean(evs) == pytest.approx(1 - float(r["val_loss"]), abs=1e-5)
+    ckpt = load_checkpoint(distilled / "student.pt")
+    d = ckpt["distillation"]
+    assert d["teacher"] == "chgnet" and d["teacher_layers"] == [0, 2, 4] and d["n_val"] == 40 and d["n_train"] == 360
+    assert "MPtrj" in d["trained_on"]["dataset"] and len(d["corpus_fingerprint"]) == 16
+    assert ckpt["trained_keys"] and not any(k.startswith("head") for k in ckpt["trained_keys"])
+    s = json.loads((distilled / "summary.json").read_text())
+    assert s["best_epoch"] == 4 and s["teacher_computed"] >= 0
+
+
+def test_distillation_resumes_and_extends(distilled, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(distilled, run)
+    assert main(["distill", "--teacher", "chgnet", "--data", "sample", "--out", str(run), "--epochs", "5",
+                 "--seed", "0", *SMALL, "teacher_layers=[0,2,4]", "val_fraction=0.1", "--resume"]) == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert main(["distill", "--teacher", "chgnet", "--data", "sample", "--out", str(run), "--epochs", "6",
+                 "--seed", "1", *SMALL, "--resume"]) == 2
+
+
+def test_train_init_starts_from_the_encoder_and_predicts_without_teacher(distilled, tmp_path, capsys):
+    from crysdistill.students.checkpoint import load_student
+    from crysdistill.utils import load_checkpoint
+
+    out = tmp_path / "ft"
+    assert main(["train", "--student", "cgcnn", "--init", str(distilled / "student.pt"), "--data", "sample",
+                 "--target", "formation_energy_per_atom", "--train-size", "60", "--val-size", "20", "--test-size", "20",
+                 "--epochs", "2", "--out", str(out), *SMALL]) == 0
+    assert "(distilled from chgnet)" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    assert s["init"] == str(distilled / "student.pt") and s["init_distillation"]["teacher"] == "chgnet"
+    assert s["teacher"] is None and s["inject_layers"] == []
+    # the encoder was copied, the head was not
+    from crysdistill.distill.corpus import init_from
+    from crysdistill.students.registry import build_student
+
+    torch.manual_seed(5)
+    fresh = build_student("cgcnn", {"width": 16, "layers": 2})
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    info = init_from(fresh, str(distilled / "student.pt"))
+    enc = load_checkpoint(distilled / "student.pt")
+    for k, v in fresh.state_dict().items():
+        if k in enc["trained_keys"]:
+            assert torch.equal(v, enc["state_dict"][k]), k
+        else:
+            assert torch.equal(v, before[k]), k
+    assert info["loaded"] == len(enc["trained_keys"]) and info["kept"]
+    student, _ = load_student(out / "best.pt")
+    assert student.name == "cgcnn"
+    # predicting needs no teacher package: run it with chgnet and sevenn made unimportable
+    code = ("import sys; sys.modules['chgnet'] = None; sys.modules['sevenn'] = None; "
+            "from crysdistill.cli import main; "
+            f"sys.exit(main(['predict', '--checkpoint', {str(out / 'best.pt')!r}, '--data', 'sample', '--limit', '30', "
+            f"'-o', {str(tmp_path / 'p.csv')!r}]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "predicted 30 structure(s)" in res.stdout
+
+
+def test_init_refuses_another_student_or_config(distilled):
+    from crysdistill.distill.corpus import init_from
+    from crysdistill.students.registry import build_student
+
+    with pytest.raises(CheckpointError, match="another cgcnn model config.*width"):
+        init_from(build_student("cgcnn", {"width": 32, "layers": 2}), str(distilled / "student.pt"))
+    with pytest.raises(CheckpointError, match="is a 'cgcnn' encoder"):
+        init_from(build_student("gatgnn", {"width": 16, "layers": 2, "heads": 2, "head_width": 16}),
+                  str(distilled / "student.pt"))
+    with pytest.raises(CheckpointError, match="neither a student.pt nor a shipped"):
+        init_from(build_student("cgcnn", {}), "cgcnn-nosuchteacher")
