@@ -12,13 +12,18 @@ fi
 stamp="$VENV/.crysdistill-installed"
 want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-${1:-base}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # pip's notes about this machine's package mirrors are noise to a user: keep its real warnings and errors
+  quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
   echo "installing crysdistill into $VENV (first run takes a few minutes)"
-  "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet "$TORCH_PIN"
+  echo "  [1/3] pip"
+  quiet "$PY" -m pip install --quiet --upgrade pip
+  echo "  [2/3] $TORCH_PIN (CPU build where available)"
+  quiet "$PY" -m pip install --quiet "$TORCH_PIN"
+  echo "  [3/3] crysdistill with torch-geometric, pymatgen, jarvis-tools, alignn, chgnet, sevenn${1:+ ($1 extras)}"
   if [ "${1:-base}" = "test" ]; then
-    "$PY" -m pip install --quiet -e "$ROOT[test]"
+    quiet "$PY" -m pip install --quiet -e "$ROOT[test]"
   else
-    "$PY" -m pip install --quiet -e "$ROOT"
+    quiet "$PY" -m pip install --quiet -e "$ROOT"
   fi
   echo "$want" > "$stamp"
 fi

@@ -317,8 +317,20 @@ def test_empty_file(tmp_path):
 def test_empty_after_skipping(tmp_path, fixtures_dir, write_jsonl):
     cif = (fixtures_dir / "partial_occupancy.cif").read_text()
     path = write_jsonl(tmp_path / "d.jsonl", [{"id": "x", "structure": cif}])
-    with pytest.raises(UserError, match=r"no usable structures found \(1 records skipped as bad\)"):
+    with pytest.raises(UserError, match=r"no usable structures found: .*d\.jsonl:1 \(x\): disordered"):
         read_dataset(path, on_error="skip")
+
+
+def test_id_prop_naming_only_missing_files_names_the_id(tmp_path, nacl):
+    """A folder whose id_prop.csv lists files that do not exist: the error names the id, not just a count."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "id_prop.csv").write_text("b,2.0\nc,3.0\n")
+    with pytest.raises(UserError) as info:
+        read_dataset(folder, on_error="skip")
+    msg = str(info.value)
+    assert "names 'b' but no file b.cif" in msg and "id_prop.csv:1" in msg and "(and 1 more)" in msg
+    assert "\n" not in msg
 
 
 def test_duplicate_ids(tmp_path, nacl, write_jsonl):

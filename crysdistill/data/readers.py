@@ -104,8 +104,11 @@ def read_dataset(
         seen.add(item.id)
         records.append(item)
     if not records:
-        detail = f" ({len(problems)} records skipped as bad)" if problems else ""
-        raise UserError(f"{source}: no usable structures found{detail}; check the path and format")
+        if problems:  # name what was skipped: the first record and its reason
+            first = problems[0]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise UserError(f"{source}: no usable structures found: {first.record}: {first.reason}{more}")
+        raise UserError(f"{source}: no usable structures found; check the path and format")
     return Dataset(source, records, problems)
 
 
