@@ -13,7 +13,7 @@ stamp="$VENV/.crysdistill-installed"
 want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-${1:-base}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # pip's notes about this machine's package mirrors are noise to a user: keep its real warnings and errors
-  quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
+  quiet() { PYTHONWARNINGS=ignore "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
   echo "installing crysdistill into $VENV (first run takes a few minutes)"
   echo "  [1/3] pip"
   quiet "$PY" -m pip install --quiet --upgrade pip
