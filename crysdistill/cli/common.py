@@ -10,22 +10,26 @@ from pathlib import Path
 from crysdistill.utils import build_progress, progress_bar  # noqa: F401  (re-exported for subcommands)
 
 SAMPLE_NAME = "sample"
+#: Bundled samples by name: ``sample`` and ``sample:<name>`` (see ``crysdistill/data/sample/README.md``).
+SAMPLES = {"sample": "mp_eform_flla2015_sample.jsonl.gz", "sample:elasticity": "mp_elasticity_dejong2015.jsonl.gz"}
 
 
-def sample_path() -> Path:
-    """The bundled sample dataset (400 Materials Project structures with formation energies)."""
-    return Path(__file__).resolve().parent.parent / "data" / "sample" / "mp_eform_flla2015_sample.jsonl.gz"
+def sample_path(name: str = SAMPLE_NAME) -> Path:
+    """A bundled sample: ``sample`` (400 Materials Project structures with formation energies) or
+    ``sample:elasticity`` (the 1,181 elastic moduli of de Jong et al. 2015)."""
+    return Path(__file__).resolve().parent.parent / "data" / "sample" / SAMPLES[name]
 
 
 def resolve_data(path: str) -> str:
-    """``sample`` → the bundled sample; anything else unchanged."""
-    return str(sample_path()) if path == SAMPLE_NAME else path
+    """``sample`` / ``sample:elasticity`` → the bundled samples; anything else unchanged."""
+    return str(sample_path(path)) if path in SAMPLES else path
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--data``, ``--on-error``, ``--cache-dir``, ``--workers``, ``--limit``."""
     p.add_argument("--data", required=required, metavar="PATH",
-                   help="JSONL(.gz), JSON, CIF/POSCAR file, folder with id_prop.csv, jarvis:<name>, or 'sample'")
+                   help="JSONL(.gz), JSON, CIF/POSCAR file, folder with id_prop.csv, jarvis:<name>, 'sample' or "
+                        "'sample:elasticity'")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad records: stop at the first (raise, default) or skip them with a summary")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
