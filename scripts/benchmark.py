@@ -38,6 +38,8 @@ DATA = {
     "log_kvrh": ("mp_elasticity_cgcnn.jsonl.gz", 0.2, 0.2, "log10 GPa", False),
     "log_gvrh": ("mp_elasticity_cgcnn.jsonl.gz", 0.2, 0.2, "log10 GPa", False),
     "last_phdos_peak": ("matbench_phonons.jsonl.gz", 0.2, 0.2, "cm^-1", False),
+    "K_VRH": ("mp_elasticity_cgcnn.jsonl.gz", 0.2, 0.2, "GPa", False),
+    "G_VRH": ("mp_elasticity_cgcnn.jsonl.gz", 0.2, 0.2, "GPa", False),
 }
 #: How the compact table names each target, and the decimals it shows.
 LABELS = {
@@ -46,6 +48,8 @@ LABELS = {
     "log_kvrh": ("log₁₀ K_VRH", 4),
     "log_gvrh": ("log₁₀ G_VRH", 4),
     "last_phdos_peak": ("last phonon DOS peak (cm⁻¹)", 1),
+    "K_VRH": ("K_VRH (GPa)", 2),
+    "G_VRH": ("G_VRH (GPa)", 2),
 }
 SPLIT_SEED = 0  # one fixed split per dataset; model seeds vary
 FIELDS = ["student", "target", "n_train", "seed", "mode", "distill_weight", "test_mae", "val_mae", "best_epoch",

@@ -13,9 +13,10 @@ import torch
 from crysdistill.cli import main
 from crysdistill.cli.common import sample_path
 from crysdistill.config import load_config
+from crysdistill.errors import UserError
 from crysdistill.train.config import TrainConfig
 from crysdistill.train.splits import make_splits
-from crysdistill.train.trainer import fit, prepare
+from crysdistill.train.trainer import fit, prepare, train_student
 
 SAMPLE = str(sample_path())
 SMALL = ["--train-size", "48", "--val-size", "24", "--test-size", "24", "--epochs", "2", "--batch-size", "16"]
@@ -250,3 +251,31 @@ def test_teacher_from_another_featuriser_is_refused(tmp_path, teacher_path, caps
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "another atom-feature table or graph format" in err and str(other) in err
+
+
+def test_log_target_and_robust_loss(tmp_path):
+    """target_transform=log trains on log(y) and reports in the user's units; a non-positive label is
+    one clear error; L1 and Huber losses train."""
+    from crysdistill.train.splits import Normalizer
+
+    n = Normalizer.fit(np.array([[1.0], [10.0], [100.0]]), "log")
+    assert n.encode(np.array([[10.0]]))[0, 0] == pytest.approx(0.0, abs=1e-12)
+    assert n.decode(n.encode(np.array([[3.7]])))[0, 0] == pytest.approx(3.7)
+    assert Normalizer.from_dict(n.to_dict()).transform == "log"
+    assert Normalizer.from_dict({"mean": [0.0], "std": [1.0]}).transform == "none"  # older checkpoints
+    # e_above_hull has zeros: refused in one line naming the record
+    with pytest.raises(UserError, match=r"e_above_hull = 0 is not positive.*target_transform=log"):
+        train_student(_cfg(tmp_path, targets=["e_above_hull"], target_transform="log"), SAMPLE, tmp_path / "x")
+    s = train_student(_cfg(tmp_path, targets=["formation_energy_per_atom"], loss="l1"), SAMPLE, tmp_path / "l1")
+    assert np.isfinite(s["test_mae"])
+    # a positive target: band-gap-like shift of formation energy so that every label is positive
+    from crysdistill.data.readers import read_dataset
+
+    ds = read_dataset(SAMPLE)
+    for r in ds.records:
+        r.labels["pos"] = r.labels["formation_energy_per_atom"] + 5.0
+    s = train_student(_cfg(tmp_path, targets=["pos"], target_transform="log", loss="huber"), ds, tmp_path / "lg")
+    preds = list(csv.DictReader(open(tmp_path / "lg" / "predictions_test.csv")))
+    assert all(float(r["pos_prediction"]) > 0 for r in preds)
+    mae = np.mean([abs(float(r["pos_target"]) - float(r["pos_prediction"])) for r in preds])
+    assert mae == pytest.approx(s["test_mae"], rel=1e-6)  # in the user's units

@@ -82,6 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed)")
     h.add_argument("--student", default="cgcnn",
                    help="keep the structures this student can featurise, as 'train --student' does (default cgcnn)")
+    h.add_argument("--target-transform", choices=("none", "log"), default="none",
+                   help="fit log(target) for positive, heavy-tailed labels (MAEs stay in the target's units)")
     h.add_argument("--out", default=None, metavar="DIR", help="write summary.json and head.pt here")
     h.add_argument("-o", "--output", default=None, metavar="CSV", help="write test predictions (id, target, prediction)")
     h.add_argument("--threads", type=int, default=1, help="torch threads (0 = one per core; default 1)")
@@ -176,7 +178,7 @@ def cmd_head(args: argparse.Namespace) -> int:
     cfg = TrainConfig(student=args.student, targets=[args.target], teacher=args.teacher,
                       train_size=args.train_size, val_size=args.val_size, test_size=args.test_size, seed=args.seed,
                       split_seed=args.split_seed, on_error=args.on_error, cache_dir=args.cache_dir,
-                      workers=args.workers, device="cpu")
+                      workers=args.workers, device="cpu", target_transform=args.target_transform)
     data = resolve_data(args.data)
     if args.limit is not None:
         from crysdistill.data.readers import read_dataset

@@ -56,7 +56,8 @@ def inspect_dataset(path: str, on_error: str = "skip", settings: GraphSettings |
             "count": int(present.size),
             "missing": int(len(vals) - present.size),
             **({"mean": float(present.mean()), "std": float(present.std()), "min": float(present.min()),
-                "max": float(present.max())} if present.size else {}),
+                "max": float(present.max()), "skewness": skewness(present),
+                "heavy_tail": heavy_tail(present)} if present.size else {}),
         }
     problems = [{"record": p.record, "reason": p.reason} for p in ds.problems + graphs.problems]
     return {
@@ -77,6 +78,30 @@ def inspect_dataset(path: str, on_error: str = "skip", settings: GraphSettings |
                    "cache": str(graphs.store.path)},
         "problems": problems,
     }
+
+
+def skewness(x: np.ndarray) -> float:
+    """Sample skewness (0 for a symmetric distribution)."""
+    if x.size < 3 or x.std() == 0:
+        return 0.0
+    return float(np.mean(((x - x.mean()) / x.std()) ** 3))
+
+
+def heavy_tail(x: np.ndarray) -> str | None:
+    """A note when a few extreme labels would dominate a squared-error loss, with what to do.
+
+    Flagged when the skewness exceeds 2 and the largest label is more than 10 times the median's
+    distance from the minimum; the advice depends on whether every label is positive.
+    """
+    if x.size < 20 or skewness(x) <= 2:
+        return None
+    spread = np.median(x) - x.min()
+    if spread > 0 and (x.max() - x.min()) < 10 * spread:
+        return None
+    if (x > 0).all():
+        return (f"heavy right tail (skewness {skewness(x):.1f}, log skewness {skewness(np.log(x)):.1f}): "
+                "train with target_transform=log (and loss=l1 or huber)")
+    return f"heavy right tail (skewness {skewness(x):.1f}): train with loss=l1 or loss=huber"
 
 
 def format_report(rep: dict, max_rows: int = 10) -> str:
@@ -106,6 +131,8 @@ def format_report(rep: dict, max_rows: int = 10) -> str:
             if v["count"]:
                 lines.append(f"  {k:28s} {v['count']:6d} {v['missing']:7d} {v['mean']:10.4g} {v['std']:10.4g} "
                              f"{v['min']:10.4g} {v['max']:10.4g}")
+                if v.get("heavy_tail"):
+                    lines.append(f"  {'':28s} note: {v['heavy_tail']}")
             else:
                 lines.append(f"  {k:28s} {0:6d} {v['missing']:7d}")
     else:

@@ -78,6 +78,10 @@ class TrainConfig:
         eval_batch_size: structures per step when predicting.
         optim: optimiser settings.
         distill: distillation settings.
+        loss: the property loss on the (transformed, z-normalised) target: ``mse`` (default),
+            ``l1`` or ``huber`` (δ = 1 standard deviation); L1 and Huber resist a few extreme labels.
+        target_transform: ``none`` (default) or ``log`` (positive targets only: the student learns
+            log(y); predictions, MAEs and CSVs are in the user's units).
         on_error: bad structures: ``raise`` at the first, or ``skip`` with a summary.
         missing_labels: rows whose targets are all missing or not numbers: ``skip`` (counted) or ``raise``.
         workers: processes for graph building.
@@ -101,6 +105,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    loss: Literal["mse", "l1", "huber"] = "mse"
+    target_transform: Literal["none", "log"] = "none"
     on_error: Literal["raise", "skip"] = "raise"
     missing_labels: Literal["skip", "raise"] = "skip"
     workers: int = 2

@@ -128,6 +128,13 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, fit_idx: np.ndarray, val_idx: np.nda
     return best
 
 
+def _val_mae(model, xs, va, y, norm) -> float:
+    """Validation MAE in the user's units (after the inverse target transform)."""
+    with torch.no_grad():
+        z = model(torch.tensor(xs[va], dtype=torch.float32)).numpy().astype(np.float64)
+    return float(np.nanmean(np.abs(norm.decode(z) - y[va])))
+
+
 def structure_features(teacher, records, layers, cache_dir=None, progress=None) -> np.ndarray:
     """Per-structure means of the teacher's L2-normalised atom embeddings of ``layers``: ``(B, D)``."""
     from crysdistill.distill.cache import embed_records
@@ -190,16 +197,17 @@ def run_head(cfg, data, features: str = "teacher", layers: list[int] | None = No
     sd = np.where(sd > 1e-6, sd, 1.0)  # a feature constant on the training split (an absent element) stays as is
     xs = (x - mu) / sd
     norm = prep.normalizer
-    y = (prep.y - norm.mean) / norm.std
+    y = norm.encode(prep.y)
     cands: dict[str, float] = {}
     models: dict[str, Any] = {}
     for hidden, wd in MLP_GRID:
         model, v = fit_mlp(xs, y, tr, va, hidden, wd, seed=cfg.seed)
         name = f"mlp(h={hidden},wd={wd:g})"
-        cands[name] = v * float(norm.std[0])
+        cands[name] = _val_mae(model, xs, va, prep.y, norm)
         models[name] = model
     w, v = fit_ridge(xs, y, tr, va)
-    cands["ridge"] = v * float(norm.std[0])
+    cands["ridge"] = float(np.nanmean(np.abs(norm.decode(np.concatenate([xs[va], np.ones((len(va), 1))], axis=1) @ w)
+                                             - prep.y[va])))
     models["ridge"] = w
     chosen = min(cands, key=cands.get)
     head = models[chosen]
@@ -208,7 +216,7 @@ def run_head(cfg, data, features: str = "teacher", layers: list[int] | None = No
     else:
         with torch.no_grad():
             pred = head(torch.tensor(xs[te], dtype=torch.float32)).numpy().astype(np.float64)
-    pred = pred * norm.std + norm.mean
+    pred = norm.decode(pred)
     true = prep.y[te]
     test_mae = float(np.nanmean(np.abs(pred - true))) if len(te) else float("nan")
     mean_mae = float(np.nanmean(np.abs(true - np.nanmean(prep.y[tr])))) if len(te) else float("nan")

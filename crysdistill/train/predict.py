@@ -67,7 +67,7 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
     dev = resolve_device(device)
     adapter.to(dev)
     pred = predict_indices(adapter, graphs, list(range(len(graphs))), batch_size, dev, injected)
-    pred = pred * norm.std + norm.mean
+    pred = norm.decode(pred)
     labels = {r.id: r.labels for r in ds.records}
     has = {t: any(labels[i].get(t) is not None for i in graphs.ids) for t in targets}
     Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -57,24 +57,51 @@ def make_splits(n: int, train_size: float | None, val_size: float | None, test_s
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
+TRANSFORMS = ("none", "log")
+
+
 @dataclass
 class Normalizer:
-    """Per-target z-normalisation fitted on the training split (saved in checkpoints)."""
+    """Per-target transform and z-normalisation fitted on the training split (saved in checkpoints).
+
+    ``encode(y) = (T(y) − mean) / std`` and ``decode(z) = T⁻¹(z · std + mean)`` with ``T`` the
+    identity (``transform="none"``) or the natural logarithm (``"log"``, for positive, heavy-tailed
+    targets: predictions come back in the user's units and are always positive).
+    """
 
     mean: np.ndarray
     std: np.ndarray
+    transform: str = "none"
 
     @classmethod
-    def fit(cls, y: np.ndarray) -> Normalizer:
-        """Fit on ``(n, T)`` targets (NaN = missing)."""
-        mean = np.nanmean(y, axis=0)
-        std = np.nanstd(y, axis=0)
+    def fit(cls, y: np.ndarray, transform: str = "none") -> Normalizer:
+        """Fit on ``(n, T)`` targets (NaN = missing), after ``transform``."""
+        t = _forward(np.asarray(y, dtype=np.float64), transform)
+        mean = np.nanmean(t, axis=0)
+        std = np.nanstd(t, axis=0)
         std = np.where(std > 1e-12, std, 1.0)
-        return cls(mean.astype(np.float64), std.astype(np.float64))
+        return cls(mean.astype(np.float64), std.astype(np.float64), transform)
+
+    def encode(self, y: np.ndarray) -> np.ndarray:
+        return (_forward(np.asarray(y, dtype=np.float64), self.transform) - self.mean) / self.std
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        t = np.asarray(z, dtype=np.float64) * self.std + self.mean
+        return np.exp(np.clip(t, -700, 700)) if self.transform == "log" else t
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "transform": self.transform}
 
     @classmethod
     def from_dict(cls, d: dict) -> Normalizer:
-        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64))
+        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64),
+                   d.get("transform", "none"))
+
+
+def _forward(y: np.ndarray, transform: str) -> np.ndarray:
+    if transform == "none":
+        return y
+    if transform == "log":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.log(y)
+    raise ValueError(f"unknown target transform {transform!r}; use one of {', '.join(TRANSFORMS)}")

@@ -138,7 +138,13 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
         aligned = [by_id[i] for i in graphs.ids]
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     splits = make_splits(len(graphs), cfg.train_size, cfg.val_size, cfg.test_size, split_seed)
-    normalizer = Normalizer.fit(y[splits["train"]])
+    if cfg.target_transform == "log":
+        bad = np.argwhere(np.isfinite(y) & (y <= 0))
+        if len(bad):
+            i, t = bad[0]
+            raise UserError(f"{graphs.ids[i]}: {cfg.targets[t]} = {y[i, t]:g} is not positive; "
+                            f"target_transform=log needs positive labels ({len(bad)} are not): use none, or fix them")
+    normalizer = Normalizer.fit(y[splits["train"]], cfg.target_transform)
     if teacher is not None:
         # only the training structures are distilled; embeddings are looked up by structure key,
         # so they are aligned with the whole graph list
@@ -153,11 +159,17 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
                     student.featurizer().fingerprint())
 
 
-def _masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """The property loss over the labels present (NaN = missing): ``mse``, ``l1`` or ``huber`` (δ = 1)."""
     mask = ~torch.isnan(target)
     if not mask.any():
         return pred.sum() * 0.0
-    return ((pred - torch.nan_to_num(target)) ** 2)[mask].mean()
+    diff = (pred - torch.nan_to_num(target))[mask]
+    if kind == "l1":
+        return diff.abs().mean()
+    if kind == "huber":
+        return torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), delta=1.0)
+    return (diff ** 2).mean()
 
 
 def collate_indices(adapter: StudentAdapter, graphs: GraphSet, idx, injected: TeacherEmbeddings | None = None):
@@ -234,9 +246,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     train_idx = prep.splits["train"]
     steps = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     sched = _make_scheduler(opt, cfg, steps)
-    mean = torch.tensor(prep.normalizer.mean, dtype=torch.float32)
-    std = torch.tensor(prep.normalizer.std, dtype=torch.float32)
-    y_norm = torch.tensor((prep.y - prep.normalizer.mean) / prep.normalizer.std, dtype=torch.float32)
+    y_norm = torch.tensor(prep.normalizer.encode(prep.y), dtype=torch.float32)
     teacher_fp_before = prep.teacher.weights_fingerprint() if prep.teacher is not None else None
 
     start_epoch, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
@@ -285,7 +295,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
             target = y_norm[idx].to(device)
             o = adapter(batch)
             pred = o.prediction.reshape(len(idx), -1)
-            prop = _masked_mse(pred, target)
+            prop = _masked_loss(pred, target, cfg.loss)
             loss = prop
             if distill is not None:
                 dl, parts = distill(o, prep.embeddings.targets(idx).to(device))
@@ -302,7 +312,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
                 raise UserError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower optim.lr")
             sums["loss"] += loss.item() * len(idx)
             sums["prop"] += prop.item() * len(idx)
-            train_pred.append((pred.detach().cpu() * std + mean).double().numpy())
+            train_pred.append(prep.normalizer.decode(pred.detach().cpu().double().numpy()))
             train_true.append(prep.y[idx])
             if bar is not None:
                 bar.update(1)
@@ -312,7 +322,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
         n = len(order)
         val_pred = predict_indices(adapter, prep.graphs, prep.splits["val"].tolist(), cfg.eval_batch_size, device,
                                    prep.injected)
-        val_mae = _mae(val_pred * prep.normalizer.std + prep.normalizer.mean, prep.y[prep.splits["val"]])
+        val_mae = _mae(prep.normalizer.decode(val_pred), prep.y[prep.splits["val"]])
         train_mae = _mae(np.concatenate(train_pred), np.concatenate(train_true))
         elapsed += time.perf_counter() - t0
         improved = val_mae < best_val
@@ -446,7 +456,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
     }
     if test_idx:
         pred = predict_indices(best, prep.graphs, test_idx, cfg.eval_batch_size, device, prep.injected)
-        pred = pred * prep.normalizer.std + prep.normalizer.mean
+        pred = prep.normalizer.decode(pred)
         true = prep.y[test_idx]
         summary["test_mae"] = _mae(pred, true)
         summary["test_mae_per_target"] = {t: float(np.nanmean(np.abs(pred[:, k] - true[:, k])))
