@@ -109,3 +109,20 @@ def test_krr_and_probe_with_a_foundation_teacher(capsys):
     assert "untrained twins exist for CrysGNN teachers only" in capsys.readouterr().err
     assert main(["probe", "--teacher", "chgnet", "--data", "sample", "--limit", "20"]) == 2
     assert "crysdistill head --teacher chgnet" in capsys.readouterr().err
+
+
+def test_injection_embeds_only_the_structures_of_the_splits(tmp_path):
+    from crysdistill.cli.common import sample_path
+    from crysdistill.config import load_config
+    from crysdistill.data.readers import read_dataset
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.trainer import prepare
+
+    ds = read_dataset(sample_path(), limit=120)
+    cfg = load_config(TrainConfig, extra={"student": "cgcnn", "targets": ["formation_energy_per_atom"],
+                                          "teacher": "chgnet", "train_size": 40, "val_size": 20, "test_size": 20,
+                                          "cache_dir": str(tmp_path), "workers": 1,
+                                          "distill": {"node_weight": 0.0, "inject_layers": [4]}})
+    prep = prepare(cfg, ds)
+    assert prep.embeddings is None  # no distillation term: nothing embedded for it
+    assert prep.injected.n_computed == 80 and len(prep.injected.keys) == 120
