@@ -73,6 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sized-all", action="store_true",
                    help="use --sizes for every target (the elasticity and phonon sets keep 20%% validation and test; "
                         "by default they train on the remaining 60%%)")
+    p.add_argument("--init", default=None, metavar="NAME",
+                   help="also run students started from this distilled encoder (train --init NAME): mode init-NAME")
+    p.add_argument("--heads", default="", metavar="LIST",
+                   help="also fit the teacher + head reference (crysdistill head) for these teachers on the same "
+                        "splits and seeds, e.g. chgnet,sevennet,composition: mode head-NAME")
     p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla runs (e.g. when another process runs them)")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     p.add_argument("--out", default="runs/benchmark")
@@ -112,6 +117,9 @@ def run_grid(args: argparse.Namespace) -> None:
     modes += [(f"distill{teacher_tag}-w{w:g}{layer_tag}", w, []) for w in weights]
     if inject:
         modes.append((f"inject{teacher_tag}-L{'.'.join(map(str, inject))}", 0.0, inject))
+    if args.init:
+        modes.append((f"init-{args.init.replace('/', '_')}", 0.0, []))
+    heads = [h for h in args.heads.split(",") if h]
     datasets: dict[str, object] = {}
     for target in targets:
         if target not in DATA:
@@ -129,9 +137,11 @@ def run_grid(args: argparse.Namespace) -> None:
                         run = out / "runs" / student / target / f"n{n or 'all'}" / mode / f"seed{seed}"
                         if (run / "summary.json").exists():
                             continue
+                        is_init = mode.startswith("init-")
                         extra = {"student": student, "targets": [target], "train_size": n, "val_size": val,
                                  "test_size": test, "seed": seed, "split_seed": SPLIT_SEED, "epochs": args.epochs,
-                                 "teacher": args.teacher if mode != "vanilla" else None,
+                                 "teacher": args.teacher if mode != "vanilla" and not is_init else None,
+                                 "init": args.init if is_init else None,
                                  "distill": {"node_weight": w, "teacher_layers": layers, "inject_layers": inj}}
                         cfg = load_config(TrainConfig, cfg_file if cfg_file.exists() else None, args.override,
                                           extra=extra)
@@ -141,6 +151,32 @@ def run_grid(args: argparse.Namespace) -> None:
                         print(f"{student:12s} {target:26s} n={s['n_train']:<5d} seed={seed} {mode:14s} "
                               f"val {s['val_mae']:.4f} test {s['test_mae']:.4f} (epoch {s['best_epoch']}) "
                               f"{time.perf_counter() - t0:.0f} s", flush=True)
+                    for head in heads:
+                        run_head_cell(args, out, student, target, n, seed, head, datasets[fname], val, test)
+
+
+def run_head_cell(args, out: Path, student: str, target: str, n, seed: int, head: str, dataset, val, test) -> None:
+    """The teacher + head reference on the split of one grid cell, written as a run the tables read."""
+    from crysdistill.config import load_config
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.head import run_head
+
+    run = out / "runs" / student / target / f"n{n or 'all'}" / f"head-{head}" / f"seed{seed}"
+    if (run / "summary.json").exists():
+        return
+    cfg = load_config(TrainConfig, None, [o for o in args.override if o.startswith(("threads", "target_transform"))],
+                      extra={"student": student, "targets": [target], "train_size": n, "val_size": val,
+                             "test_size": test, "seed": seed, "split_seed": SPLIT_SEED, "device": "cpu",
+                             "teacher": None if head == "composition" else head})
+    t0 = time.perf_counter()
+    res = run_head(cfg, dataset, features="composition" if head == "composition" else "teacher", out_dir=run)
+    summary = {"student": student, "targets": [target], "n_train": res.n_train, "seed": seed, "distill_weight": 0.0,
+               "test_mae": res.test_mae, "val_mae": res.val_mae, "best_epoch": 0, "epochs": 0,
+               "seconds": time.perf_counter() - t0, "n_val": res.n_val, "n_test": res.n_test,
+               "teacher_fingerprint": res.teacher_fingerprint, "head": res.to_dict()}
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{student:12s} {target:26s} n={res.n_train:<5d} seed={seed} head-{head:9s} val {res.val_mae:.4f} "
+          f"test {res.test_mae:.4f} ({res.chosen}) {summary['seconds']:.0f} s", flush=True)
 
 
 def collect(out: Path) -> list[dict]:
@@ -160,7 +196,7 @@ def add_safeguard(rows: list[dict]) -> list[dict]:
     """Per (student, target, n, seed): the run with the best validation MAE among all weights."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["mode"] == "safeguard":
+        if r["mode"] == "safeguard" or r["mode"].startswith("head-"):  # the safeguard chooses among students
             continue
         groups.setdefault((r["student"], r["target"], r["n_train"], r["seed"]), []).append(r)
     out = [r for r in rows if r["mode"] != "safeguard"]

@@ -133,3 +133,28 @@ def test_write_corpus_leaves_out_the_grids_held_out_structures(tmp_path, phonon_
     assert bench.main([*common, "--write-test", str(test)]) == 0
     with gzip.open(test, "rt") as fh:
         assert sorted(json.loads(line)["id"] for line in fh) == sorted(split["test"])
+
+
+def test_benchmark_head_reference_and_init_modes(tmp_path, phonon_dir, capsys):
+    """--heads adds the teacher + head reference on the same split (not a safeguard candidate);
+    --init adds students started from a distilled encoder."""
+    from crysdistill.cli import main
+
+    enc = tmp_path / "enc"
+    assert main(["distill", "--teacher", "crysgnn", "--data", str(phonon_dir / "matbench_phonons.jsonl.gz"),
+                 "--out", str(enc), "--epochs", "1", "model.layers=1", "threads=1", "val_fraction=0.2"]) == 0
+    bench = _load_benchmark()
+    out = tmp_path / "bench"
+    argv = ["--students", "cgcnn", "--targets", "last_phdos_peak", "--seeds", "0", "--epochs", "2", "--weights", "0",
+            "--heads", "composition,crysgnn", "--init", str(enc / "student.pt"), "--data-dir", str(phonon_dir),
+            "--out", str(out), "-O", "model.layers=1", "-O", "batch_size=8", "-O", "threads=1", "-O", "workers=1"]
+    assert bench.main(argv) == 0
+    with open(out / "results.csv") as fh:
+        rows = {r["mode"]: r for r in csv.DictReader(fh)}
+    init_mode = "init-" + str(enc / "student.pt").replace("/", "_")
+    assert set(rows) == {"vanilla", init_mode, "head-composition", "head-crysgnn", "safeguard"}
+    assert rows["safeguard"]["run"] in (rows["vanilla"]["run"], rows[init_mode]["run"])
+    head = json.loads((Path(rows["head-crysgnn"]["run"]) / "summary.json").read_text())["head"]
+    assert head["n_train"] == 18 and head["n_test"] == 6 and head["teacher"] == "crysgnn"
+    split = json.loads((Path(rows["vanilla"]["run"]) / "splits.json").read_text())
+    assert json.loads((Path(rows[init_mode]["run"]) / "splits.json").read_text())["test"] == split["test"]
