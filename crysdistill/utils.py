@@ -118,3 +118,16 @@ def build_progress(desc: str):
                 state["bar"].close()
 
     return cb
+
+
+def resolve_device(name: str):
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a one-line error."""
+    import torch
+
+    from crysdistill.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available; use device=auto or cpu")
+    return torch.device(name)

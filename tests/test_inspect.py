@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
@@ -197,7 +198,8 @@ def test_json_output(mixed, tmp_path, capsys):
     assert rep["elements"] == {"Cl": 3, "Na": 2, "Cs": 1, "Cu": 1, "Og": 1}  # structures per element
     assert rep["elements_without_features"] == ["Og"]
     assert rep["labels"]["e_form"] == {"count": 4, "missing": 1, "mean": pytest.approx(-0.625),
-                                       "std": pytest.approx(1.19242, abs=1e-4), "min": -2.0, "max": 1.0}
+                                       "std": pytest.approx(1.19242, abs=1e-4), "min": -2.0, "max": 1.0,
+                                       "skewness": pytest.approx(0.18662, abs=1e-4), "heavy_tail": None}
     assert rep["labels"]["gap"]["count"] == 1 and rep["labels"]["gap"]["missing"] == 4
     assert len(rep["problems"]) == 6
     for p, (record, reason) in zip(rep["problems"], EXPECTED_PROBLEMS):
@@ -230,3 +232,14 @@ def test_spglib_failure_is_counted_as_unknown(tmp_path, nacl, write_jsonl):
     assert rep["crystal_systems"] == {"cubic": 1, "unknown": 1}
     assert rep["symmetry"] == {"symprec": 0.6, "angle_tolerance": 5.0, "unknown": 1}
     assert "unknown 1" in format_report(rep)
+
+
+def test_heavy_tail_is_pointed_out():
+    """A positive label with a few extreme values gets the log transform suggested; a signed one L1/Huber."""
+    from crysdistill.data.inspect import heavy_tail
+
+    rng = np.random.default_rng(0)
+    tailed = np.exp(rng.normal(0.0, 1.5, 500))  # log-normal, like moduli or dielectric constants
+    assert "target_transform=log" in heavy_tail(tailed)
+    assert "loss=l1" in heavy_tail(np.concatenate([tailed, [-1.0]]))
+    assert heavy_tail(rng.normal(0.0, 1.0, 500)) is None

@@ -154,8 +154,14 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
     from crysdistill.students.checkpoint import save_student
     from crysdistill.students.registry import build_student
     from crysdistill.teachers.registry import load_teacher
-    from crysdistill.train.trainer import resolve_device
-    from crysdistill.utils import atomic_save, atomic_write_text, build_progress, load_checkpoint, seed_everything
+    from crysdistill.utils import (
+        atomic_save,
+        atomic_write_text,
+        build_progress,
+        load_checkpoint,
+        resolve_device,
+        seed_everything,
+    )
 
     out = Path(out)
     if resume and not (out / "last.pt").exists():

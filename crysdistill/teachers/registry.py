@@ -66,8 +66,16 @@ def split_spec(spec: str) -> tuple[str, str | None]:
             continue  # a broken plugin cannot claim anything
         if cls.claims(spec):
             return name, spec
+    shipped = []
+    for name in sorted(names):
+        try:
+            cls = get_teacher_class(name)
+        except UserError:
+            continue
+        if cls.claims(cls.default_variant) and cls.variants():  # a plugin whose variants are bare names
+            shipped += cls.variants()
     raise UserError(f"unknown teacher {spec!r}: not an installed teacher ({', '.join(sorted(names)) or 'none'}), "
-                    "a shipped CrysGNN teacher (crysdistill teacher list) or an existing teacher.pt")
+                    f"a shipped CrysGNN teacher ({', '.join(shipped) or 'none'}) or an existing teacher.pt")
 
 
 def load_teacher(spec: str, device: str = "cpu") -> TeacherAdapter:

@@ -38,6 +38,7 @@ from crysdistill.utils import (
     atomic_write_text,
     build_progress,
     load_checkpoint,
+    resolve_device,
     seed_everything,
 )
 
@@ -61,14 +62,6 @@ class Prepared:
     problems: list[Problem]
     n_missing_labels: int
     featurizer_fingerprint: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA device is available; use device=auto or cpu")
-    return torch.device(name)
 
 
 def _progress(desc: str):
