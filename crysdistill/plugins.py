@@ -43,17 +43,30 @@ def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
     return out
 
 
-def list_plugins(group: str, try_load: bool = False) -> list[PluginInfo]:
-    """Registered plugins of ``group``, sorted by name; ``try_load`` imports each to check it."""
+def list_plugins(group: str, try_load: bool = False, check=None) -> list[PluginInfo]:
+    """Registered plugins of ``group``, sorted by name; ``try_load`` imports each to check it.
+
+    Args:
+        group: entry-point group.
+        try_load: import every plugin; one that fails carries ``error``.
+        check: with ``try_load``, ``check(obj, name)`` validates each loaded object and raises
+            :class:`UserError` for one that breaks the contract (stored as its ``error``).
+    """
     infos = []
     for name, ep in sorted(_entry_points(group).items()):
         dist = getattr(ep, "dist", None)
         info = PluginInfo(name, ep.value, dist.metadata["Name"] if dist else "?", dist.version if dist else "?")
         if try_load:
             try:
-                ep.load()
+                obj = ep.load()
             except Exception as exc:  # a broken plugin is reported, not raised
                 info.error = f"{type(exc).__name__}: {exc}"
+            else:
+                if check is not None:
+                    try:
+                        check(obj, name)
+                    except UserError as exc:
+                        info.error = str(exc)
         infos.append(info)
     return infos
 

@@ -108,3 +108,24 @@ def test_init_refuses_another_student_or_config(distilled):
                   str(distilled / "student.pt"))
     with pytest.raises(CheckpointError, match="neither a student.pt nor a shipped"):
         init_from(build_student("cgcnn", {}), "cgcnn-nosuchteacher")
+
+
+def test_shipped_pre_distilled_students_are_listed_and_start_a_student(capsys):
+    """Every shipped encoder describes its teacher and corpus, is listed, and starts a CGCNN."""
+    from crysdistill.distill.corpus import bundled_students, init_from
+    from crysdistill.students.registry import build_student
+    from crysdistill.teachers.registry import load_teacher
+    from crysdistill.utils import load_checkpoint
+
+    shipped = bundled_students()
+    assert "cgcnn-chgnet" in shipped
+    assert main(["students", "list"]) == 0
+    out = capsys.readouterr().out
+    for name, path in shipped.items():
+        ckpt = load_checkpoint(path)
+        d = ckpt["distillation"]
+        assert name in out and d["corpus"].endswith("pretrain_unlabelled.jsonl.gz") and d["n_train"] > 40000
+        assert d["teacher_fingerprint"] == load_teacher(d["teacher"]).fingerprint  # the installed teacher
+        assert min(float(v) for v in d["val_explained_variance"].values()) > 0.5
+        info = init_from(build_student(ckpt["student"]["name"], ckpt["student"]["config"]), name)
+        assert info["loaded"] == len(ckpt["trained_keys"])

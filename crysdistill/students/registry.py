@@ -9,15 +9,7 @@ from crysdistill.students.base import STUDENT_API_VERSION, StudentAdapter
 
 def list_students(try_load: bool = True) -> list[PluginInfo]:
     """Installed students; with ``try_load`` each one is imported and broken ones carry ``error``."""
-    infos = list_plugins(STUDENTS_GROUP, try_load=try_load)
-    if try_load:
-        for info in infos:
-            if info.error is None:
-                try:
-                    _check(load_plugin(STUDENTS_GROUP, info.name, "student"), info.name)
-                except UserError as exc:
-                    info.error = str(exc)
-    return infos
+    return list_plugins(STUDENTS_GROUP, try_load=try_load, check=_check)
 
 
 def _check(cls, name: str) -> type[StudentAdapter]:

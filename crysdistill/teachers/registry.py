@@ -26,15 +26,7 @@ def _check(cls, name: str) -> type[TeacherAdapter]:
 
 def list_teachers(try_load: bool = True) -> list[PluginInfo]:
     """Installed teachers; with ``try_load`` each plugin is imported and broken ones carry ``error``."""
-    infos = list_plugins(TEACHERS_GROUP, try_load=try_load)
-    if try_load:
-        for info in infos:
-            if info.error is None:
-                try:
-                    _check(load_plugin(TEACHERS_GROUP, info.name, "teacher"), info.name)
-                except UserError as exc:
-                    info.error = str(exc)
-    return infos
+    return list_plugins(TEACHERS_GROUP, try_load=try_load, check=_check)
 
 
 def get_teacher_class(name: str) -> type[TeacherAdapter]:
