@@ -21,18 +21,18 @@ crysdistill data inspect sample:elasticity | sed -n '1,4p;/^labels/,$p'
 
 echo
 echo "== 2. the teachers installed (weights ship inside their packages; nothing is downloaded) =="
-crysdistill teacher list --no-load
+crysdistill teacher list
 crysdistill students list | sed -n '/pre-distilled/,$p'
 
 echo
 echo "== 3. log10 bulk modulus from 400 labelled crystals: three CGCNNs on the same split =="
 echo "-- plain CGCNN"
-crysdistill train --student cgcnn "${DATA[@]}" "${SPLIT[@]}" --epochs 40 --out "$OUT/cgcnn-vanilla" threads=2
+crysdistill train --student cgcnn "${DATA[@]}" "${SPLIT[@]}" --epochs 30 --out "$OUT/cgcnn-vanilla" threads=2
 echo "-- CGCNN started from the encoder distilled from CHGNet on 42,391 unlabelled crystals (no teacher needed)"
-crysdistill train --student cgcnn --init cgcnn-chgnet "${DATA[@]}" "${SPLIT[@]}" --epochs 40 \
+crysdistill train --student cgcnn --init cgcnn-chgnet "${DATA[@]}" "${SPLIT[@]}" --epochs 30 \
   --out "$OUT/cgcnn-distilled" threads=2
 echo "-- CGCNN with CHGNet's five layers of atom embeddings as input (CHGNet runs at prediction too)"
-crysdistill train --student cgcnn --teacher chgnet "${DATA[@]}" "${SPLIT[@]}" --epochs 40 \
+crysdistill train --student cgcnn --teacher chgnet "${DATA[@]}" "${SPLIT[@]}" --epochs 30 \
   --out "$OUT/cgcnn-injected" distill.node_weight=0 'distill.inject_layers=[0,1,2,3,4]' threads=2
 
 echo

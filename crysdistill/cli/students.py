@@ -66,9 +66,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     shipped = _shipped_students()
     if shipped:
         print("\npre-distilled encoders (train --init NAME):")
-        print(f"{'name':18s} {'student':8s} {'teacher':10s} {'layers':10s} {'corpus':26s} {'explained variance':20s}")
+        print(f"{'name':14s} {'student':8s} {'teacher':9s} {'layers':10s} {'corpus':38s} explained variance per layer")
         for r in shipped:
-            print(f"{r['name']:18s} {r['student']:8s} {r['teacher']:10s} {r['layers']:10s} {r['corpus']:26s} "
+            print(f"{r['name']:14s} {r['student']:8s} {r['teacher']:9s} {r['layers']:10s} {r['corpus']:38s} "
                   f"{r['explained_variance']}")
     return 0
 

@@ -146,10 +146,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'name':10s} {'distribution':14s} {'package':16s} {'layers':9s} {'status':7s} trained on")
+    if args.no_load:
+        print(f"{'name':10s} {'distribution':24s} entry point")
+        for r in rows:
+            print(f"{r['name']:10s} {r['distribution'] + ' ' + r['version']:24s} {r['value']}")
+        return 0
+    print(f"{'name':10s} {'distribution':24s} {'package':18s} {'layers':9s} {'status':7s} trained on")
     for r in rows:
         status = "ok" if r["error"] is None else "BROKEN"
-        print(f"{r['name']:10s} {r['distribution'] + ' ' + r['version']:14s} {r.get('package', '?'):16s} "
+        print(f"{r['name']:10s} {r['distribution'] + ' ' + r['version']:24s} {r.get('package', '?'):18s} "
               f"{r.get('layers', '?'):9s} {status:7s} {r.get('trained_on', '')}")
         if r.get("variants"):
             print(f"{'':10s} variants: {', '.join(r['variants'])} (default {r['default_variant']})"
