@@ -126,3 +126,15 @@ def test_injection_embeds_only_the_structures_of_the_splits(tmp_path):
     prep = prepare(cfg, ds)
     assert prep.embeddings is None  # no distillation term: nothing embedded for it
     assert prep.injected.n_computed == 80 and len(prep.injected.keys) == 120
+
+
+def test_embed_with_a_foundation_teacher(tmp_path, capsys):
+    out = tmp_path / "e.npz"
+    assert main(["embed", "--teacher", "chgnet", "--data", "sample", "--limit", "12", "--layers", "0,-1",
+                 "-o", str(out)]) == 0
+    z = np.load(out)
+    assert list(z["layers"]) == [0, 4] and z["graph"].shape == (12, 128) and str(z["teacher"]) == "chgnet"
+    assert z["node"].shape[0] == z["offsets"][-1] and len(z["ids"]) == 12
+    assert np.allclose(z["graph"][0], z["node"][z["offsets"][0]:z["offsets"][1]].mean(0), atol=1e-6)
+    assert main(["embed", "--teacher", "chgnet", "--data", "sample", "-o", str(out), "graph.cutoff=6"]) == 2
+    assert "builds its own graphs" in capsys.readouterr().err

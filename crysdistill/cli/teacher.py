@@ -325,15 +325,16 @@ def _embed_records(args: argparse.Namespace, teacher, layers) -> int:
         raise UserError(f"graph.KEY=VALUE overrides are for CrysGNN teachers; {teacher.spec} builds its own graphs")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    from crysdistill.distill.cache import normalize_layers
+
+    ks = normalize_layers(layers, teacher.n_layers)
     ids, graphs, nodes, sizes, problems = [], [], [], [], []
     chunk: list = []
-    ks = None
 
     def flush():
-        nonlocal ks
         ok, bad = check_records(teacher, chunk, on_error=args.on_error)
         problems.extend(bad)
-        emb = embed_records(teacher, ok, layers, cache_dir=args.cache_dir, batch_size=args.batch_size,
+        emb = embed_records(teacher, ok, ks, cache_dir=args.cache_dir, batch_size=args.batch_size,
                             progress=build_progress(f"{teacher.spec} embeddings"))
         for r, key in zip(ok, emb.keys):
             a = emb.store.get(key)
@@ -342,7 +343,6 @@ def _embed_records(args: argparse.Namespace, teacher, layers) -> int:
             graphs.append(np.array(a["graph"], dtype=np.float32))
             sizes.append(a["node"].shape[0])
         emb.store.close()
-        ks = emb.fingerprint.rsplit("-L", 1)[1]
         chunk.clear()
 
     for item in iter_records(resolve_data(args.data), on_error=args.on_error, limit=args.limit, problems=problems):
@@ -354,7 +354,7 @@ def _embed_records(args: argparse.Namespace, teacher, layers) -> int:
     report_problems(problems)
     if not ids:
         raise UserError(f"{args.data}: no structure could be embedded by {teacher.spec}")
-    layer_list = [int(k) for k in ks.split(".")]
+    layer_list = list(ks)
     out = args.output if args.output.endswith(".npz") else args.output + ".npz"
     np.savez(out, teacher_fingerprint=np.asarray(teacher.fingerprint), teacher=np.asarray(teacher.spec),
              ids=np.asarray(ids), graph=np.stack(graphs), node=np.concatenate(nodes),

@@ -201,11 +201,11 @@ def run_head(cfg, data, features: str = "teacher", layers: list[int] | None = No
     cands: dict[str, float] = {}
     models: dict[str, Any] = {}
     for hidden, wd in MLP_GRID:
-        model, v = fit_mlp(xs, y, tr, va, hidden, wd, seed=cfg.seed)
+        model, _ = fit_mlp(xs, y, tr, va, hidden, wd, seed=cfg.seed)
         name = f"mlp(h={hidden},wd={wd:g})"
         cands[name] = _val_mae(model, xs, va, prep.y, norm)
         models[name] = model
-    w, v = fit_ridge(xs, y, tr, va)
+    w, _ = fit_ridge(xs, y, tr, va)
     cands["ridge"] = float(np.nanmean(np.abs(norm.decode(np.concatenate([xs[va], np.ones((len(va), 1))], axis=1) @ w)
                                              - prep.y[va])))
     models["ridge"] = w

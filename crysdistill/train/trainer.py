@@ -139,14 +139,14 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
                             f"target_transform=log needs positive labels ({len(bad)} are not): use none, or fix them")
     normalizer = Normalizer.fit(y[splits["train"]], cfg.target_transform)
     if teacher is not None:
-        # only the training structures are distilled; embeddings are looked up by structure key,
-        # so they are aligned with the whole graph list
+        # embeddings are looked up by structure key, so they are aligned with the whole graph list
         if cfg.distill.inject_layers:  # inputs of every split, not only training (and nothing outside the splits)
             used = np.concatenate([splits["train"], splits["val"], splits["test"]])
             inj = embed_records(teacher, [aligned[i] for i in used], cfg.distill.inject_layers,
                                 cache_dir=cfg.cache_dir, progress=_progress(f"{teacher.spec} embeddings (injection)"))
             injected = TeacherEmbeddings(inj.store, list(graphs.keys), inj.dim, inj.fingerprint, inj.n_computed)
         if cfg.distill.node_weight or cfg.distill.graph_weight or cfg.distill.weight_grid:
+            # only the training structures are distilled
             emb = embed_records(teacher, [aligned[i] for i in splits["train"]], cfg.distill.teacher_layers,
                                 cache_dir=cfg.cache_dir, progress=_progress(f"{teacher.spec} embeddings"))
             embeddings = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
