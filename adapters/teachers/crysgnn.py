@@ -50,8 +50,8 @@ class CrysGNNTeacher(TeacherAdapter):
     @property
     def fingerprint(self) -> str:
         # the checkpoint's own fingerprint, as before teachers were plugins: cached embeddings and
-        # students trained with injection keep pointing at the same teacher
-        return self.teacher.fingerprint
+        # students trained with injection keep pointing at the same teacher (a random twin hashes its weights)
+        return self.teacher.fingerprint if self.twin_seed is None else super().fingerprint
 
     @property
     def layer_names(self) -> list[str]:

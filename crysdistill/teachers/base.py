@@ -141,6 +141,8 @@ class TeacherAdapter(ABC):
         self.module.eval()
         self.module.requires_grad_(False)
         self._fingerprint: str | None = None
+        #: seed of :meth:`random_twin` for a twin, ``None`` for the teacher itself
+        self.twin_seed: int | None = None
 
     # ---- to implement -----------------------------------------------------------------------
 
@@ -208,8 +210,31 @@ class TeacherAdapter(ABC):
 
     @property
     def spec(self) -> str:
-        """What a user passes to ``--teacher`` to get this teacher back (``name:variant``)."""
-        return f"{self.name}:{self.variant}" if self.variant != self.default_variant else self.name
+        """What a user passes to ``--teacher`` to get this teacher back (``name:variant``); a random
+        twin adds ``(random twin, seed S)`` and cannot be loaded back by name."""
+        spec = f"{self.name}:{self.variant}" if self.variant != self.default_variant else self.name
+        return spec if self.twin_seed is None else f"{spec} (random twin, seed {self.twin_seed})"
+
+    def random_twin(self, seed: int = 0) -> TeacherAdapter:
+        """The same teacher with its learning erased: a control for what the architecture alone gives.
+
+        The plugin is loaded again (same variant, graph builder and settings) and every weight
+        tensor with more than one element is redrawn from a normal distribution with that tensor's
+        own mean and standard deviation (seeded; buffers such as normalisation statistics are
+        kept). Activations keep their scale, so the twin embeds like the teacher, but nothing it
+        learned about materials survives. Its :attr:`fingerprint` differs, so the cache keeps the
+        two apart.
+        """
+        twin = type(self)(self.variant, self.device)
+        g = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            for p in twin.module.parameters():
+                if p.numel() > 1:
+                    mean, std = p.float().mean(), p.float().std()
+                    p.copy_((torch.randn(p.shape, generator=g) * std + mean).to(p.dtype))
+        twin.twin_seed = int(seed)
+        twin._fingerprint = None
+        return twin
 
     @property
     def fingerprint(self) -> str:

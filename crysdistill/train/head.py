@@ -135,6 +135,48 @@ def _val_mae(model, xs, va, y, norm) -> float:
     return float(np.nanmean(np.abs(norm.decode(z) - y[va])))
 
 
+def fit_head(x: np.ndarray, y: np.ndarray, norm, splits: dict[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
+    """Fit the MLP grid and ridge on ``splits["train"]``, choose on ``splits["val"]``, predict ``splits["test"]``.
+
+    Args:
+        x: ``(B, F)`` per-structure features (standardised here on the training rows).
+        y: ``(B, T)`` targets in the user's units (rows outside the splits are ignored).
+        norm: the :class:`~crysdistill.train.trainer.Normalizer` of the targets (transform included).
+        splits: ``train``, ``val`` and ``test`` row indices.
+        seed: seed of the MLPs.
+
+    Returns:
+        ``chosen`` (name), ``candidates`` (validation MAE of each, user units), ``head`` (the
+        chosen model: an MLP module or the ridge weights), ``mean``/``std`` (the standardisation)
+        and ``pred`` (``(len(test), T)`` test predictions in the user's units).
+    """
+    tr, va, te = splits["train"], splits["val"], splits["test"]
+    mu, sd = x[tr].mean(0), x[tr].std(0)
+    sd = np.where(sd > 1e-6, sd, 1.0)  # a feature constant on the training split (an absent element) stays as is
+    xs = (x - mu) / sd
+    yz = norm.encode(y)
+    cands: dict[str, float] = {}
+    models: dict[str, Any] = {}
+    for hidden, wd in MLP_GRID:
+        model, _ = fit_mlp(xs, yz, tr, va, hidden, wd, seed=seed)
+        name = f"mlp(h={hidden},wd={wd:g})"
+        cands[name] = _val_mae(model, xs, va, y, norm)
+        models[name] = model
+    w, _ = fit_ridge(xs, yz, tr, va)
+    cands["ridge"] = float(np.nanmean(np.abs(norm.decode(np.concatenate([xs[va], np.ones((len(va), 1))], axis=1) @ w)
+                                             - y[va])))
+    models["ridge"] = w
+    chosen = min(cands, key=cands.get)
+    head = models[chosen]
+    if chosen == "ridge":
+        pred = np.concatenate([xs[te], np.ones((len(te), 1))], axis=1) @ head
+    else:
+        with torch.no_grad():
+            pred = head(torch.tensor(xs[te], dtype=torch.float32)).numpy().astype(np.float64)
+    return {"chosen": chosen, "candidates": cands, "head": head, "mean": mu, "std": sd, "pred": norm.decode(pred)}
+
+
+
 def structure_features(teacher, records, layers, cache_dir=None, progress=None) -> np.ndarray:
     """Per-structure means of the teacher's L2-normalised atom embeddings of ``layers``: ``(B, D)``."""
     from crysdistill.distill.cache import embed_records
@@ -193,30 +235,10 @@ def run_head(cfg, data, features: str = "teacher", layers: list[int] | None = No
     x = np.zeros((len(records), x_used.shape[1]))
     x[used] = x_used
     tr, va, te = splits["train"], splits["val"], splits["test"]
-    mu, sd = x[tr].mean(0), x[tr].std(0)
-    sd = np.where(sd > 1e-6, sd, 1.0)  # a feature constant on the training split (an absent element) stays as is
-    xs = (x - mu) / sd
     norm = prep.normalizer
-    y = norm.encode(prep.y)
-    cands: dict[str, float] = {}
-    models: dict[str, Any] = {}
-    for hidden, wd in MLP_GRID:
-        model, _ = fit_mlp(xs, y, tr, va, hidden, wd, seed=cfg.seed)
-        name = f"mlp(h={hidden},wd={wd:g})"
-        cands[name] = _val_mae(model, xs, va, prep.y, norm)
-        models[name] = model
-    w, _ = fit_ridge(xs, y, tr, va)
-    cands["ridge"] = float(np.nanmean(np.abs(norm.decode(np.concatenate([xs[va], np.ones((len(va), 1))], axis=1) @ w)
-                                             - prep.y[va])))
-    models["ridge"] = w
-    chosen = min(cands, key=cands.get)
-    head = models[chosen]
-    if chosen == "ridge":
-        pred = np.concatenate([xs[te], np.ones((len(te), 1))], axis=1) @ head
-    else:
-        with torch.no_grad():
-            pred = head(torch.tensor(xs[te], dtype=torch.float32)).numpy().astype(np.float64)
-    pred = norm.decode(pred)
+    fitted = fit_head(x, prep.y, norm, splits, seed=cfg.seed)
+    chosen, cands, head, mu, sd, pred = (fitted["chosen"], fitted["candidates"], fitted["head"], fitted["mean"],
+                                          fitted["std"], fitted["pred"])
     true = prep.y[te]
     test_mae = float(np.nanmean(np.abs(pred - true))) if len(te) else float("nan")
     mean_mae = float(np.nanmean(np.abs(true - np.nanmean(prep.y[tr])))) if len(te) else float("nan")
