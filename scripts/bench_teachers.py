@@ -10,7 +10,9 @@ For each teacher and thread count it times, on the same structures:
   ``predict_structure(..., task="e", batch_size=…)``, SevenNet's ASE ``SevenNetCalculator``
   (energy and forces, one structure at a time: its public API), the CrysGNN encoder's forward
   pass on prebuilt graphs;
-* ``cached`` — the same ``embed_records`` call again (everything from the cache).
+* ``cached`` — the same ``embed_records`` call again (everything from the cache);
+* with ``--workers N``, one more row per teacher: ``embed_records(..., workers=N)``, N spawned
+  processes with one thread each, their start (loading the teacher in each) included.
 
 The ratio column is crysdistill's throughput over the package's, measured in the same run.
 Run it on an otherwise idle machine: ``python scripts/bench_teachers.py --n 200``.
@@ -33,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=200, help="number of structures (default 200)")
     p.add_argument("--teachers", default="crysgnn,chgnet,sevennet")
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--workers", type=int, default=2, help="also time N worker processes of one thread (0: skip)")
     return p.parse_args(argv)
 
 
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
 
     from crysdistill.cli.common import resolve_data
     from crysdistill.data.readers import read_dataset
+    from crysdistill.distill import cache as cache_module
     from crysdistill.distill.cache import check_records, embed_records
     from crysdistill.teachers.registry import load_teacher
 
@@ -76,11 +80,12 @@ def main(argv=None) -> int:
     records = read_dataset(resolve_data(args.data), limit=args.n).records
     n_sites = sum(len(r.structure) for r in records) / len(records)
     print(f"{len(records)} structures from {args.data} (mean {n_sites:.1f} sites); torch {torch.__version__}")
-    print(f"{'teacher':10s} {'threads':>7s} {'crysdistill/s':>14s} {'package/s':>10s} {'ratio':>6s} {'cached/s':>10s}")
+    print(f"{'teacher':10s} {'threads':>9s} {'crysdistill/s':>14s} {'package/s':>10s} {'ratio':>6s} {'cached/s':>10s}")
     for name in args.teachers.split(","):
         teacher = load_teacher(name)
         records_ok, _ = check_records(teacher, records, on_error="skip")
         structures = [r.structure for r in records_ok]
+        pkg1 = float("nan")
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
             package_inference(teacher, structures[:8])  # warm-up (lazy imports, allocator)
@@ -98,8 +103,22 @@ def main(argv=None) -> int:
             package_inference(teacher, structures)
             pkg = time.perf_counter() - t0
             n = len(records_ok)
-            print(f"{teacher.spec:10s} {threads:7d} {n / ours:14.1f} {n / pkg:10.1f} {pkg / ours:6.2f} {n / cached:10.0f}",
+            print(f"{teacher.spec:10s} {threads:9d} {n / ours:14.1f} {n / pkg:10.1f} {pkg / ours:6.2f} {n / cached:10.0f}",
                   flush=True)
+            if threads == 1:
+                pkg1 = pkg
+        if args.workers > 1:
+            torch.set_num_threads(1)
+            cache_module.MIN_PARALLEL = 0  # time the workers even on a small set
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                emb = embed_records(teacher, records_ok, list(range(teacher.n_layers + 1)), cache_dir=tmp,
+                                    workers=args.workers)
+                ours = time.perf_counter() - t0
+                assert emb.n_computed == len(records_ok)
+            n = len(records_ok)
+            print(f"{teacher.spec:10s} {f'{args.workers} proc':>9s} {n / ours:14.1f} {n / pkg1:10.1f} {pkg1 / ours:6.2f} "
+                  f"{'':>10s}  (package on 1 thread)", flush=True)
     return 0
 
 

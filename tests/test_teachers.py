@@ -156,3 +156,36 @@ def test_teacher_embeddings_differ_between_checkpoints():
     a, b = load_teacher("chgnet").embed(s), load_teacher("chgnet:0.2.0").embed(s)
     assert load_teacher("chgnet").fingerprint != load_teacher("chgnet:0.2.0").fingerprint
     assert not np.allclose(a.layers[-1].numpy(), b.layers[-1].numpy())
+
+
+def test_random_twin_keeps_the_architecture_but_not_the_weights():
+    s = [fixture_structures()["SrTiO3_perovskite"], fixture_structures()["NaCl_rocksalt"]]
+    for spec in ("default", "chgnet"):
+        teacher = load_teacher(spec)
+        before = teacher.weights_fingerprint()
+        twin = teacher.random_twin(0)
+        assert teacher.weights_fingerprint() == before  # the teacher itself is untouched
+        assert twin.fingerprint != teacher.fingerprint and "random twin, seed 0" in twin.spec
+        assert twin.fingerprint == teacher.random_twin(0).fingerprint != teacher.random_twin(1).fingerprint
+        a, b = teacher.embed(s), twin.embed(s)
+        assert [x.shape for x in a.layers] == [x.shape for x in b.layers]
+        assert torch.isfinite(b.layers[-1]).all()
+        assert not np.allclose(a.layers[-1].numpy(), b.layers[-1].numpy(), atol=1e-3)
+
+
+def test_parallel_embedding_equals_serial(tmp_path, monkeypatch):
+    from crysdistill.data.readers import read_dataset
+    from crysdistill.distill import cache
+
+    from crysdistill.cli.common import resolve_data
+
+    records = read_dataset(resolve_data("sample"), limit=40).records
+    teacher = load_teacher("default")
+    serial = cache.embed_records(teacher, records, [0, -1], cache_dir=tmp_path / "a")
+    monkeypatch.setattr(cache, "MIN_PARALLEL", 8)
+    done = []
+    par = cache.embed_records(teacher, records, [0, -1], cache_dir=tmp_path / "b", workers=2, batch_size=8,
+                              progress=lambda d, n: done.append((d, n)))
+    assert par.n_computed == len(records) and done[-1] == (len(records), len(records))
+    for k in serial.keys:
+        np.testing.assert_array_equal(serial.store.get(k)["node"], par.store.get(k)["node"])

@@ -35,7 +35,7 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="graph cache folder (default $CRYSDISTILL_CACHE or ~/.cache/crysdistill)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                   help="processes for graph building (default: min(2, cores))")
+                   help="processes for graph building and teacher embeddings (default: min(2, cores))")
     p.add_argument("--limit", type=int, default=None, help="read only the first N records")
 
 

@@ -335,7 +335,7 @@ def _embed_records(args: argparse.Namespace, teacher, layers) -> int:
         ok, bad = check_records(teacher, chunk, on_error=args.on_error)
         problems.extend(bad)
         emb = embed_records(teacher, ok, ks, cache_dir=args.cache_dir, batch_size=args.batch_size,
-                            progress=build_progress(f"{teacher.spec} embeddings"))
+                            progress=build_progress(f"{teacher.spec} embeddings"), workers=args.workers)
         for r, key in zip(ok, emb.keys):
             a = emb.store.get(key)
             ids.append(r.id)
@@ -347,7 +347,7 @@ def _embed_records(args: argparse.Namespace, teacher, layers) -> int:
 
     for item in iter_records(resolve_data(args.data), on_error=args.on_error, limit=args.limit, problems=problems):
         chunk.append(item)
-        if len(chunk) >= 2048:
+        if len(chunk) >= (8192 if args.workers > 1 else 2048):  # one worker pool per chunk
             flush()
     if chunk or not ids:
         flush()

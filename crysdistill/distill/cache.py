@@ -169,6 +169,56 @@ def _embed_batch(teacher: TeacherAdapter, records: Sequence[Record]):
                         f"alone ({type(exc).__name__}: {exc}); lower the batch size") from None
 
 
+#: below this many structures to embed, worker processes cost more to start than they save
+MIN_PARALLEL = 512
+
+_WORKER: dict = {}
+
+
+def _worker_init(spec: str, fingerprint: str, threads: int) -> None:
+    """Load the teacher once per worker process (and check it is the parent's teacher)."""
+    import warnings
+
+    from crysdistill.teachers.registry import load_teacher
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(threads)
+    teacher = load_teacher(spec)
+    if teacher.fingerprint != fingerprint:
+        raise UserError(f"worker loaded {spec} with fingerprint {teacher.fingerprint}, not {fingerprint}")
+    _WORKER["teacher"] = teacher
+
+
+def _worker_embed(args: tuple[list[Record], list[int]]) -> tuple[list[bytes] | None, str | None]:
+    """Embed one chunk in a worker: packed entries, or the one-line error that stopped it."""
+    records, ks = args
+    teacher = _WORKER["teacher"]
+    try:
+        blobs: list[bytes] = []
+        for start in range(0, len(records), teacher.batch_size):
+            out = _embed_batch(teacher, records[start:start + teacher.batch_size])
+            blobs += _pack_layers(out.layers, out.ptr.tolist(), ks)
+        return blobs, None
+    except (RecordError, UserError) as exc:
+        return None, str(exc)
+
+
+def _embed_parallel(teacher: TeacherAdapter, records: Sequence[Record], todo: list[int], ks: list[int], workers: int,
+                    bs: int):
+    """Yield ``(indices, packed entries)`` chunk by chunk from ``workers`` spawned processes (one thread each)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = max(bs, min(4 * bs, len(todo) // (4 * workers) or 1))
+    chunks = [todo[k:k + chunk] for k in range(0, len(todo), chunk)]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(teacher.spec, teacher.fingerprint, 1)) as pool:
+        for idx, (blobs, err) in zip(chunks, pool.map(_worker_embed, [([records[i] for i in c], ks) for c in chunks])):
+            if err is not None:
+                raise UserError(err)
+            yield idx, blobs
+
+
 def embed_records(
     teacher: TeacherAdapter,
     records: Sequence[Record],
@@ -176,6 +226,7 @@ def embed_records(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> TeacherEmbeddings:
     """Embed the structures of ``records`` with any teacher plugin, computing only what the cache lacks.
 
@@ -190,6 +241,10 @@ def embed_records(
         cache_dir: cache folder (default :func:`default_cache_dir`).
         batch_size: structures per forward pass (default: the teacher's ``batch_size``).
         progress: ``progress(done, total)`` callback.
+        workers: processes that embed in parallel, one torch thread each, each with its own copy
+            of the teacher (loaded again from :attr:`~TeacherAdapter.spec`; a random twin, or
+            fewer than :data:`MIN_PARALLEL` structures to embed, runs in this process). Results
+            are written by this process, so the cache needs no locking.
 
     Returns:
         :class:`TeacherEmbeddings` aligned with ``records``.
@@ -203,17 +258,27 @@ def embed_records(
     todo = sorted({keys[i]: i for i in store.missing(keys)}.values())
     bs = int(batch_size or teacher.batch_size)
     t0 = time.perf_counter()
-    for start in range(0, len(todo), bs):
-        idx = todo[start:start + bs]
-        out = _embed_batch(teacher, [records[i] for i in idx])
-        blobs = _pack_layers(out.layers, out.ptr.tolist(), ks)
-        store.put_many([(keys[i], blob) for i, blob in zip(idx, blobs)])
-        if progress is not None:
-            progress(min(start + bs, len(todo)), len(todo))
+    parallel = workers > 1 and len(todo) >= MIN_PARALLEL and teacher.twin_seed is None
+
+    def serial():
+        for start in range(0, len(todo), bs):
+            idx = todo[start:start + bs]
+            out = _embed_batch(teacher, [records[i] for i in idx])
+            yield idx, _pack_layers(out.layers, out.ptr.tolist(), ks)
+
+    done = 0
+    try:
+        for idx, blobs in (_embed_parallel(teacher, records, todo, ks, workers, bs) if parallel else serial()):
+            store.put_many([(keys[i], blob) for i, blob in zip(idx, blobs)])
+            done += len(idx)
+            if progress is not None:
+                progress(done, len(todo))
+    finally:
+        store.close()
     if todo:
         dt = time.perf_counter() - t0
-        log.info("teacher %s: embedded %d structure(s) in %.1f s (%.1f structures/s; %d from the cache)",
-                 teacher.spec, len(todo), dt, len(todo) / max(dt, 1e-9), len(records) - len(todo))
-    store.close()
+        log.info("teacher %s: embedded %d structure(s) in %.1f s (%.1f structures/s%s; %d from the cache)",
+                 teacher.spec, len(todo), dt, len(todo) / max(dt, 1e-9),
+                 f", {workers} processes" if parallel else "", len(records) - len(todo))
     dim = sum(int(teacher.layer_widths[k]) for k in ks)
     return TeacherEmbeddings(store, keys, dim, fp, len(todo))

@@ -189,7 +189,7 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
     by_id = {r.id: r for r in records}
     aligned = [by_id[i] for i in graphs.ids]
     emb = embed_records(teacher, aligned, ks, cache_dir=cfg.cache_dir,
-                        progress=build_progress(f"{teacher.spec} embeddings"))
+                        progress=build_progress(f"{teacher.spec} embeddings"), workers=cfg.workers)
     emb = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(graphs))

@@ -84,7 +84,7 @@ class TrainConfig:
             log(y); predictions, MAEs and CSVs are in the user's units).
         on_error: bad structures: ``raise`` at the first, or ``skip`` with a summary.
         missing_labels: rows whose targets are all missing or not numbers: ``skip`` (counted) or ``raise``.
-        workers: processes for graph building.
+        workers: processes for graph building and teacher embeddings.
         cache_dir: graph/embedding cache (default ``$CRYSDISTILL_CACHE`` or ``~/.cache/crysdistill``).
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         threads: torch CPU threads (0 = torch's default).

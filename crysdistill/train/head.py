@@ -177,11 +177,11 @@ def fit_head(x: np.ndarray, y: np.ndarray, norm, splits: dict[str, np.ndarray], 
 
 
 
-def structure_features(teacher, records, layers, cache_dir=None, progress=None) -> np.ndarray:
+def structure_features(teacher, records, layers, cache_dir=None, progress=None, workers: int = 1) -> np.ndarray:
     """Per-structure means of the teacher's L2-normalised atom embeddings of ``layers``: ``(B, D)``."""
     from crysdistill.distill.cache import embed_records
 
-    emb = embed_records(teacher, records, layers, cache_dir=cache_dir, progress=progress)
+    emb = embed_records(teacher, records, layers, cache_dir=cache_dir, progress=progress, workers=workers)
     x = np.stack([np.asarray(emb.store.get(k)["graph"], dtype=np.float64) for k in emb.keys])
     emb.store.close()
     return x
@@ -225,7 +225,8 @@ def run_head(cfg, data, features: str = "teacher", layers: list[int] | None = No
     teacher = prep.teacher
     if features == "teacher":
         ks = list(range(teacher.n_layers + 1)) if layers is None else list(layers)
-        x_used = structure_features(teacher, [records[i] for i in used], ks, cache_dir=cfg.cache_dir)
+        x_used = structure_features(teacher, [records[i] for i in used], ks, cache_dir=cfg.cache_dir,
+                                    workers=cfg.workers)
     elif features == "composition":
         ks = []
         x_used = composition_features([np.asarray(records[i].structure.atomic_numbers) for i in used])

@@ -143,12 +143,14 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
         if cfg.distill.inject_layers:  # inputs of every split, not only training (and nothing outside the splits)
             used = np.concatenate([splits["train"], splits["val"], splits["test"]])
             inj = embed_records(teacher, [aligned[i] for i in used], cfg.distill.inject_layers,
-                                cache_dir=cfg.cache_dir, progress=_progress(f"{teacher.spec} embeddings (injection)"))
+                                cache_dir=cfg.cache_dir, progress=_progress(f"{teacher.spec} embeddings (injection)"),
+                                workers=cfg.workers)
             injected = TeacherEmbeddings(inj.store, list(graphs.keys), inj.dim, inj.fingerprint, inj.n_computed)
         if cfg.distill.node_weight or cfg.distill.graph_weight or cfg.distill.weight_grid:
             # only the training structures are distilled
             emb = embed_records(teacher, [aligned[i] for i in splits["train"]], cfg.distill.teacher_layers,
-                                cache_dir=cfg.cache_dir, progress=_progress(f"{teacher.spec} embeddings"))
+                                cache_dir=cfg.cache_dir, progress=_progress(f"{teacher.spec} embeddings"),
+                                workers=cfg.workers)
             embeddings = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
     return Prepared(graphs, y, splits, normalizer, teacher, embeddings, injected, problems, n_missing,
                     student.featurizer().fingerprint())
