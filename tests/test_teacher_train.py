@@ -104,11 +104,18 @@ def test_krr_and_probe_with_a_foundation_teacher(capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["layers"] == [0, 1, 2, 3, 4, 5] and res["dim"] == 768 and res["teacher"].startswith("sevennet")
     assert res["test_mae"] < 0.5 * res["mean_test_mae"]
-    assert main(["krr", "--teacher", "chgnet", "--features", "untrained", "--data", "sample", "--target",
-                 "formation_energy_per_atom", "--limit", "50"]) == 2
-    assert "untrained twins exist for CrysGNN teachers only" in capsys.readouterr().err
-    assert main(["probe", "--teacher", "chgnet", "--data", "sample", "--limit", "20"]) == 2
-    assert "crysdistill head --teacher chgnet" in capsys.readouterr().err
+    assert main(["krr", "--teacher", "sevennet", "--features", "untrained", "--data", "sample", "--target",
+                 "formation_energy_per_atom", "--train-size", "150", "--limit", "250", "--json"]) == 0
+    twin = json.loads(capsys.readouterr().out)
+    assert "random twin" in twin["teacher"] and twin["test_mae"] > res["test_mae"]
+    assert main(["probe", "--teacher", "chgnet", "--data", "sample", "--target", "formation_energy_per_atom",
+                 "--limit", "120", "--json"]) == 0
+    probe = json.loads(capsys.readouterr().out)
+    assert probe["layers"] == [0, 1, 2, 3, 4] and len(probe["embedding"]["untrained"]) == 5
+    rows = probe["probe"]["rows"]
+    assert rows["teacher"]["mae"] < rows["untrained"]["mae"] and rows["teacher"]["mae"] < rows["mean"]["mae"]
+    assert probe["embedding"]["teacher"][0]["element_r2"] == pytest.approx(1.0)  # layer 0 is the element's embedding
+    assert probe["teacher_leaks_target"] is True and len(probe["probe"]["per_layer"]["teacher"]) == 5
 
 
 def test_injection_embeds_only_the_structures_of_the_splits(tmp_path):

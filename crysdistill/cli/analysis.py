@@ -100,10 +100,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from crysdistill.teachers.registry import load_teacher as load_any
 
     plugin = load_any(getattr(args, "ckpt", None) or args.teacher)
-    if not hasattr(plugin, "teacher"):
-        raise UserError(f"probe compares a CrysGNN teacher with its untrained twins; for {plugin.spec} use "
-                        f"'crysdistill head --teacher {plugin.spec}' (MLP and ridge) or 'crysdistill krr --teacher "
-                        f"{plugin.spec}'")
+    if not hasattr(plugin, "teacher"):  # a foundation or third-party teacher: its own embeddings, its random twin
+        from crysdistill.teacher.probe import probe_plugin
+
+        res = probe_plugin(plugin, resolve_data(args.data), target=args.target, layers=layers,
+                           cache_dir=args.cache_dir, seed=args.seed, test_fraction=args.test_fraction,
+                           n_untrained=args.untrained, workers=args.workers, on_error=args.on_error, limit=args.limit,
+                           source=resolve_data(args.data))
+        res["seconds"] = time.perf_counter() - t0
+        print(json.dumps(_nan_to_none(res), indent=1) if args.json else format_probe(res))
+        return 0
     teacher = plugin.teacher
     graphs = teacher_graphs(teacher, resolve_data(args.data), cache_dir=args.cache_dir, workers=args.workers,
                             on_error=args.on_error, limit=args.limit)

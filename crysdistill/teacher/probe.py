@@ -330,7 +330,7 @@ def effective_rank(node: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def layer_statistics(node: np.ndarray, numbers: np.ndarray, layers: Sequence[int], width: int,
+def layer_statistics(node: np.ndarray, numbers: np.ndarray, layers: Sequence[int], width: int | Sequence[int],
                      n_pairs: int = 20000, seed: int = 0) -> list[dict[str, float]]:
     """Element R² and mean pairwise cosine of each layer block of concatenated atom embeddings.
 
@@ -338,16 +338,18 @@ def layer_statistics(node: np.ndarray, numbers: np.ndarray, layers: Sequence[int
         node: ``(N, width · K)`` atom embeddings, layer ``layers[k]`` in columns ``k·width … (k+1)·width``.
         numbers: ``(N,)`` atomic numbers.
         layers: the ``K`` layer indices.
-        width: columns per layer.
+        width: columns per layer (one number, or one per layer).
         n_pairs: atom pairs sampled for the cosine.
         seed: sampling seed.
 
     Returns:
         ``[{"layer", "element_r2", "mean_cosine", "effective_rank"}, …]``, one per layer.
     """
+    widths = [width] * len(layers) if isinstance(width, int) else list(width)
+    starts = np.concatenate([[0], np.cumsum(widths)])
     out = []
     for k, layer in enumerate(layers):
-        block = node[:, k * width:(k + 1) * width]
+        block = node[:, starts[k]:starts[k + 1]]
         out.append({"layer": int(layer), "element_r2": element_r2(block, numbers),
                     "mean_cosine": mean_pairwise_cosine(block, n_pairs, seed),
                     "effective_rank": effective_rank(block)})
@@ -550,6 +552,106 @@ def probe_teacher(
     return result
 
 
+def probe_plugin(
+    teacher,
+    data: DataLike,
+    target: str | None = None,
+    layers: Sequence[int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    max_stat_structures: int = 5000,
+    n_pairs: int = 20000,
+    n_untrained: int = 1,
+    workers: int = 1,
+    on_error: str = "raise",
+    limit: int | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """:func:`probe_teacher` for any teacher plugin (CHGNet, SevenNet-0, a third party's).
+
+    The same statistics and ridge probes, computed from the plugin's own embeddings (cached, see
+    :func:`crysdistill.distill.cache.embed_records`); the untrained twins are the plugin's
+    :meth:`~crysdistill.teachers.base.TeacherAdapter.random_twin` (same architecture and graph
+    builder, weights redrawn), and composition features use CGCNN's element table. Structures the
+    teacher cannot embed stop the probe with one line naming them, or are skipped with
+    ``on_error="skip"``. Arguments and result as :func:`probe_teacher`.
+    """
+    from types import SimpleNamespace
+
+    from crysdistill.distill.cache import check_records, embed_records, normalize_layers
+    from crysdistill.teachers.base import leaks
+
+    t0 = time.perf_counter()
+    if source is None:
+        source = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
+    if isinstance(data, (str, os.PathLike)):
+        data = read_dataset(data, on_error=on_error, limit=limit)
+    records = list(data.records if isinstance(data, Dataset) else data)
+    records, problems = check_records(teacher, records, on_error=on_error)
+    if not records:
+        raise UserError(f"{source}: teacher {teacher.spec} can embed none of the structures")
+    ks = normalize_layers(layers, teacher.n_layers) if layers is not None else list(range(teacher.n_layers + 1))
+    widths = [int(teacher.layer_widths[k]) for k in ks]
+    starts = np.concatenate([[0], np.cumsum(widths)])
+    if target is not None:
+        lab_idx, y = labelled(SimpleNamespace(labels=[r.labels for r in records]), target, minimum=MIN_LABELLED,
+                              source=source)
+    rng = np.random.default_rng(seed)
+    n = len(records)
+    stat_pos = np.sort(rng.choice(n, size=min(n, max_stat_structures), replace=False))
+    numbers = [np.asarray(r.structure.atomic_numbers) for r in records]
+    z_stat = np.concatenate([numbers[i] for i in stat_pos])
+
+    def features(model) -> tuple[np.ndarray, np.ndarray]:
+        emb = embed_records(model, records, ks, cache_dir=cache_dir, workers=workers)
+        graph = np.stack([np.asarray(emb.store.get(k)["graph"], dtype=np.float64) for k in emb.keys])
+        node = np.concatenate([np.asarray(emb.store.get(emb.keys[i])["node"], dtype=np.float32) for i in stat_pos])
+        emb.store.close()
+        return graph, node
+
+    models = {"teacher": teacher}
+    if n_untrained > 0:
+        models["untrained"] = teacher.random_twin(seed)
+    embedding, graph_features = {}, {}
+    for name, model in models.items():
+        graph, node = features(model)
+        embedding[name] = layer_statistics(node, z_stat, ks, widths, n_pairs, seed)
+        graph_features[name] = graph
+    result: dict[str, Any] = {
+        "teacher": teacher.spec, "fingerprint": teacher.fingerprint, "encoder": teacher.describe(),
+        "data": source, "layers": ks, "seed": seed, "n_structures": int(len(stat_pos)), "n_structures_total": int(n),
+        "n_atoms": int(len(z_stat)), "n_elements": int(len(np.unique(z_stat))), "n_skipped": len(problems),
+        "embedding": embedding, "probe": None, "beats_untrained": None,
+        "teacher_leaks_target": bool(target is not None and leaks(teacher.training, target)),
+    }
+    if target is not None:
+        fit, test = holdout_split(len(lab_idx), test_fraction, seed)
+        rows: dict[str, dict[str, float]] = {}
+        per_layer: dict[str, list[dict[str, float]]] = {}
+        for name, feats in graph_features.items():
+            x = feats[lab_idx]
+            rows[name] = ridge_probe(x, y, fit, test, seed)
+            per_layer[name] = [{"layer": int(layer), **ridge_probe(x[:, starts[k]:starts[k + 1]], y, fit, test, seed)}
+                               for k, layer in enumerate(ks)] if len(ks) > 1 else []
+        rows["composition"] = ridge_probe(composition_features([numbers[i] for i in lab_idx]), y, fit, test, seed)
+        rows["mean"] = mean_baseline(y, fit, test)
+        twins = []
+        for s in [seed + k for k in range(max(0, n_untrained))]:
+            if s == seed:
+                row = rows["untrained"]
+            else:
+                row = ridge_probe(features(teacher.random_twin(s))[0][lab_idx], y, fit, test, seed)
+            twins.append({"seed": s, "mae": row["mae"], "r2": row["r2"], "alpha": row["alpha"]})
+        result["probe"] = {"target": target, "n_labelled": int(len(lab_idx)), "n_fit": int(len(fit)),
+                           "n_test": int(len(test)), "test_fraction": test_fraction, "rows": rows,
+                           "untrained_twins": twins, "per_layer": per_layer}
+        if twins:
+            result["beats_untrained"] = bool(all(rows["teacher"]["mae"] < t["mae"] for t in twins))
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
 def _f(v: float | None, spec: str = ".4f") -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
@@ -574,9 +676,13 @@ def format_probe(result: dict[str, Any]) -> str:
             u = untrained[k]
             line += f"  {_f(u['element_r2']):>13}  {_f(u['mean_cosine'], '.3f'):>7}  {_f(u['effective_rank'], '.1f'):>9}"
         lines.append(line)
-    lines.append("(element R²: share of the variance the element alone explains, 1 for layer 0 by construction; "
-                 "layers ≥ 1 are softplus outputs, all positive, so their cosines are high even untrained: "
-                 "compare with the untrained twin)")
+    if isinstance(result.get("encoder"), dict) and "trained_on" in result["encoder"]:  # a teacher plugin
+        lines.append("(element R²: share of the variance the element alone explains; the untrained twin is the "
+                     "teacher's random twin: the same architecture with its weights redrawn)")
+    else:
+        lines.append("(element R²: share of the variance the element alone explains, 1 for layer 0 by construction; "
+                     "layers ≥ 1 are softplus outputs, all positive, so their cosines are high even untrained: "
+                     "compare with the untrained twin)")
     probe = result.get("probe")
     if probe:
         lines.append("")
@@ -603,5 +709,8 @@ def format_probe(result: dict[str, Any]) -> str:
             what = "its untrained twin" if len(twins) == 1 else f"every one of its {len(twins)} untrained twins"
             verdict = "beats" if result["beats_untrained"] else "does NOT beat"
             lines.append(f"the teacher {verdict} {what} on this probe")
+        if result.get("teacher_leaks_target"):
+            lines.append(f"warning: {result['teacher']} was trained on {probe['target']} or what gives it away "
+                         f"({result['encoder']['trained_on']['dataset']}): the probe measures recall, not transfer")
     lines.append(f"({result['seconds']:.1f} s)")
     return "\n".join(lines)

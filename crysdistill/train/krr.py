@@ -249,7 +249,8 @@ def run_krr(
 
     Args:
         teacher: the loaded CrysGNN teacher (also defines the graphs for composition features), or
-            any teacher plugin (its embeddings of every layer by default; no untrained twin).
+            any teacher plugin (its embeddings of every layer by default; its untrained twin is its
+            :meth:`~crysdistill.teachers.base.TeacherAdapter.random_twin`).
         data: a dataset path, :class:`~crysdistill.data.Dataset`, records or teacher graph set.
         target: label to predict.
         layers: teacher layers averaged (default 0, 1, 2; ``None`` = every layer).
@@ -277,9 +278,7 @@ def run_krr(
         from crysdistill.data.readers import Dataset, read_dataset
         from crysdistill.teacher.encoder import CrysGNNEncoder
 
-        if features == "untrained":
-            raise UserError(f"untrained twins exist for CrysGNN teachers only, not for {teacher.spec}")
-        plugin = teacher
+        plugin = teacher if features != "untrained" else teacher.random_twin(seed)
         if isinstance(data, (str, os.PathLike)):
             data = read_dataset(data, on_error=on_error, limit=limit)
         if not isinstance(data, Dataset):
@@ -298,7 +297,7 @@ def run_krr(
         raise UserError(f"kernel ridge regression on {len(splits['train'])} training structures needs an n×n kernel; "
                         f"use --train-size {MAX_TRAIN} or fewer")
     used = np.concatenate([splits["train"], splits["val"], splits["test"]])
-    if plugin is not None and features == "teacher":
+    if plugin is not None and features != "composition":
         from crysdistill.distill.cache import check_records
         from crysdistill.train.head import structure_features
 
