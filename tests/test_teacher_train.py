@@ -96,6 +96,13 @@ def test_head_reference_on_train_splits(tmp_path, capsys):
                  "--train-size", "150", "--val-size", "50", "--test-size", "100", "--json"]) == 0
     comp = json.loads(capsys.readouterr().out)
     assert comp["teacher"] is None and np.isfinite(comp["test_mae"]) and comp["test_mae"] > res["test_mae"]
+    # head.pt predicts through `crysdistill predict`: the same numbers as the head's own test predictions
+    assert main(["predict", "--checkpoint", str(out / "head.pt"), "--data", "sample", "-o",
+                 str(tmp_path / "again.csv")]) == 0
+    assert "predicted 400 structure(s), MAE formation_energy_per_atom" in capsys.readouterr().out  # the whole sample
+    again = {r["id"]: float(r["formation_energy_per_atom_prediction"]) for r in csv.DictReader(open(tmp_path / "again.csv"))}
+    first = {r["id"]: float(r["prediction"]) for r in csv.DictReader(open(tmp_path / "pred.csv"))}
+    assert np.allclose([again[i] for i in first], list(first.values()), atol=1e-4)
 
 
 def test_krr_and_probe_with_a_foundation_teacher(capsys):

@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.001")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="predict with a trained student")
-    p.add_argument("--checkpoint", required=True, help="best.pt of a training run")
+    p = sub.add_parser("predict", help="predict with a trained student (best.pt) or a teacher + head (head.pt)")
+    p.add_argument("--checkpoint", required=True, help="best.pt of a training run, or head.pt of crysdistill head --out")
     add_data_args(p)
     p.add_argument("-o", "--output", required=True, help="CSV to write")
     p.add_argument("--student", help="refuse a checkpoint of another student")

@@ -36,6 +36,8 @@ log = logging.getLogger("crysdistill")
 #: (hidden width, weight decay) pairs tried for the MLP.
 MLP_GRID: tuple[tuple[int, float], ...] = ((256, 1e-4), (256, 1e-2), (512, 1e-3))
 RIDGE_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-3, 4, 15))
+#: ``kind`` of a ``head.pt`` file
+HEAD_KIND = "crysdistill-head"
 
 
 @dataclass
@@ -269,10 +271,11 @@ def run_head(cfg, data, features: str = "teacher", layers: list[int] | None = No
         out.mkdir(parents=True, exist_ok=True)
         state = ({"ridge": torch.tensor(head)} if chosen == "ridge" else
                  {k: v.detach().clone() for k, v in head.state_dict().items()})
-        atomic_save({"kind": "crysdistill-head", "format": 1, "chosen": chosen, "state": state,
+        atomic_save({"kind": HEAD_KIND, "format": 1, "chosen": chosen, "state": state,
                      "feature_mean": torch.tensor(mu), "feature_std": torch.tensor(sd), "layers": ks,
                      "features": features, "targets": list(cfg.targets), "normalizer": norm.to_dict(),
-                     "teacher": res.teacher, "teacher_fingerprint": res.teacher_fingerprint}, out / "head.pt")
+                     "teacher": res.teacher, "teacher_fingerprint": res.teacher_fingerprint,
+                     "teacher_trained_on": res.teacher_trained_on}, out / "head.pt")
         atomic_write_text(json.dumps(res.to_dict(), indent=1), out / "summary.json")
     return res
 
@@ -287,3 +290,58 @@ def format_head(res: HeadResult) -> str:
         lines.append(f"  warning: {res.teacher} was trained on {res.target} or what gives it away "
                      f"({res.teacher_trained_on['dataset']})")
     return "\n".join(lines)
+
+
+def predict_head(path: str | os.PathLike, data, output: str | os.PathLike, on_error: str = "raise",
+                 cache_dir: str | os.PathLike | None = None, workers: int = 1, device: str = "auto",
+                 limit: int | None = None) -> dict:
+    """Predict with a ``head.pt`` of :func:`run_head` (``crysdistill predict --checkpoint DIR/head.pt``).
+
+    The teacher named in the file is loaded (it must have the recorded fingerprint), embeds the
+    structures (cached) and the head maps their per-structure features to the target, in the
+    user's units. Structures the teacher cannot embed stop the run with one line, or are skipped
+    with ``on_error="skip"``.
+
+    Returns:
+        ``{"n_predicted", "n_skipped", "problems", "mae"}`` as :func:`crysdistill.train.predict.predict`.
+    """
+    from crysdistill.data.readers import Dataset, read_dataset
+    from crysdistill.distill.cache import check_records
+    from crysdistill.errors import CheckpointError
+    from crysdistill.teacher.probe import composition_features
+    from crysdistill.train.predict import write_predictions
+    from crysdistill.train.splits import Normalizer
+    from crysdistill.utils import load_checkpoint, resolve_device
+
+    h = load_checkpoint(path)
+    if h.get("kind") != HEAD_KIND:
+        raise CheckpointError(f"{path}: is a {h.get('kind')!r} checkpoint, not a head (crysdistill head --out)")
+    ds = data if isinstance(data, Dataset) else read_dataset(data, on_error=on_error, limit=limit)
+    records, problems = list(ds.records), list(ds.problems)
+    if h["features"] == "teacher":
+        from crysdistill.teachers.registry import load_teacher
+
+        teacher = load_teacher(h["teacher"], device=resolve_device(device))
+        if teacher.fingerprint != h["teacher_fingerprint"]:
+            raise CheckpointError(f"{path}: was fitted on teacher {h['teacher_fingerprint']}, but {h['teacher']} is now "
+                                  f"teacher {teacher.fingerprint} ({teacher.package} {teacher.package_version()}); "
+                                  "restore that teacher or fit the head again")
+        records, bad = check_records(teacher, records, on_error=on_error)
+        problems += bad
+        x = structure_features(teacher, records, h["layers"], cache_dir=cache_dir, workers=workers)
+    else:
+        x = composition_features([np.asarray(r.structure.atomic_numbers) for r in records])
+    xs = (x - h["feature_mean"].numpy()) / h["feature_std"].numpy()
+    if h["chosen"] == "ridge":
+        pred = np.concatenate([xs, np.ones((len(xs), 1))], axis=1) @ h["state"]["ridge"].numpy()
+    else:
+        hidden, dim = h["state"]["0.weight"].shape
+        model = _mlp(dim, hidden, len(h["targets"]))
+        model.load_state_dict(h["state"])
+        model.eval()
+        with torch.no_grad():
+            pred = model(torch.tensor(xs, dtype=torch.float32)).numpy().astype(np.float64)
+    pred = Normalizer.from_dict(h["normalizer"]).decode(pred)
+    mae = write_predictions(output, [r.id for r in records], list(h["targets"]), pred,
+                            {r.id: r.labels for r in records})
+    return {"n_predicted": len(records), "n_skipped": len(problems), "problems": problems, "mae": mae}

@@ -30,6 +30,12 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
     Returns:
         ``{"n_predicted", "n_skipped", "mae"}`` (MAE only where labels are present).
     """
+    from crysdistill.train.head import HEAD_KIND, predict_head
+    from crysdistill.utils import load_checkpoint
+
+    if load_checkpoint(checkpoint).get("kind") == HEAD_KIND:  # a teacher + head reference (crysdistill head --out)
+        return predict_head(checkpoint, data, output, on_error=on_error, cache_dir=cache_dir, workers=workers,
+                            device=device, limit=limit)
     adapter, ckpt = load_student(checkpoint)
     if student is not None and adapter.name != student:
         raise CheckpointError(f"{checkpoint}: is a {adapter.name!r} checkpoint, not {student!r}; "
@@ -68,14 +74,20 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
     adapter.to(dev)
     pred = predict_indices(adapter, graphs, list(range(len(graphs))), batch_size, dev, injected)
     pred = norm.decode(pred)
-    labels = {r.id: r.labels for r in ds.records}
-    has = {t: any(labels[i].get(t) is not None for i in graphs.ids) for t in targets}
+    res = write_predictions(output, graphs.ids, targets, pred, {r.id: r.labels for r in ds.records})
+    return {"n_predicted": len(graphs), "n_skipped": len(skipped), "problems": skipped, "mae": res}
+
+
+def write_predictions(output: str | os.PathLike, ids, targets, pred: np.ndarray, labels: dict[str, dict]
+                      ) -> dict[str, float]:
+    """Write ``id, <target>_target, <target>_prediction…`` (targets where labels exist); return the MAE per labelled target."""
+    has = {t: any(labels[i].get(t) is not None for i in ids) for t in targets}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     errs = {t: [] for t in targets}
     with open(output, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id"] + [c for t in targets for c in ((f"{t}_target",) if has[t] else ()) + (f"{t}_prediction",)])
-        for k, rid in enumerate(graphs.ids):
+        for k, rid in enumerate(ids):
             row = [rid]
             for j, t in enumerate(targets):
                 if has[t]:
@@ -85,5 +97,4 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
                         errs[t].append(abs(pred[k, j] - v))
                 row.append(float(pred[k, j]))
             w.writerow(row)
-    return {"n_predicted": len(graphs), "n_skipped": len(skipped), "problems": skipped,
-            "mae": {t: float(np.mean(e)) for t, e in errs.items() if e}}
+    return {t: float(np.mean(e)) for t, e in errs.items() if e}
