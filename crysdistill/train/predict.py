@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from crysdistill.data.cache import build_graphs
-from crysdistill.data.readers import read_dataset
+from crysdistill.data.readers import Dataset, read_dataset
 from crysdistill.errors import CheckpointError
 from crysdistill.students.checkpoint import load_student
 from crysdistill.train.splits import Normalizer
@@ -23,7 +23,7 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
 
     Args:
         checkpoint: ``best.pt`` (or ``last.pt``) of a training run.
-        data: structures to predict (any format :func:`read_dataset` reads).
+        data: structures to predict (any format :func:`read_dataset` reads, or a read :class:`Dataset`).
         output: CSV path.
         student: if given, the checkpoint must belong to this student.
 
@@ -49,7 +49,7 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
                               f"{adapter.name!r}; retrain with this version")
     targets = list(ckpt["targets"])
     norm = Normalizer.from_dict(ckpt["normalizer"])
-    ds = read_dataset(data, on_error=on_error, limit=limit)
+    ds = data if isinstance(data, Dataset) else read_dataset(data, on_error=on_error, limit=limit)
     graphs = build_graphs(ds.records, featurizer, cache_dir=cache_dir, workers=workers, on_error=on_error)
     injected = None
     skipped = ds.problems + graphs.problems
