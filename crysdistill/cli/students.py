@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "crysgnn, mp-eform) or a teacher.pt; omit for vanilla")
     p.add_argument("--init", help="start from a distilled encoder: DIR/student.pt of 'crysdistill distill' or a "
                    "shipped one (cgcnn-sevennet, cgcnn-chgnet; 'students list' shows them)")
+    p.add_argument("--pseudo-teacher", metavar="TEACHER",
+                   help="teacher-labelled corpus: this teacher + a head fitted on the training split labels "
+                        "--pseudo-data, and the student trains on those labels too (pseudo.weight, default 1)")
+    p.add_argument("--pseudo-data", metavar="PATH", help="unlabelled corpus for --pseudo-teacher")
     p.add_argument("--train-size", type=float, help="training structures (count or fraction; default: the rest)")
     p.add_argument("--val-size", type=float, help="validation structures (count or fraction; default 10%%)")
     p.add_argument("--test-size", type=float, help="test structures (count or fraction; default 10%%)")
@@ -109,6 +113,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in flags.items() if v is not None}
     if args.lr is not None:
         extra["optim"] = {"lr": args.lr}
+    pseudo = {k: v for k, v in (("teacher", args.pseudo_teacher),
+                                ("data", args.pseudo_data and resolve_data(args.pseudo_data))) if v}
+    if pseudo:
+        extra["pseudo"] = pseudo
     cfg = load_config(TrainConfig, args.config, args.overrides, extra=extra)
     data = resolve_data(args.data)
     if args.limit is not None:
@@ -133,6 +141,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         d = summary.get("init_distillation") or {}
         start = f"from {summary['init']}" + (f" (distilled from {d['teacher']})" if d.get("teacher") else "")
         mode = start if mode == "vanilla" else f"{mode}, {start}"
+    if summary.get("pseudo"):
+        ps = summary["pseudo"]
+        what = f"on {ps['n_labelled']} structures labelled by {ps['teacher']} + head (weight {ps['weight']:g})"
+        mode = what if mode == "vanilla" else f"{mode}, {what}"
     test = "n/a" if summary["test_mae"] is None else f"{summary['test_mae']:.4g}"
     print(f"{summary['student']} {mode}: val MAE {summary['val_mae']:.4g} (epoch {summary['best_epoch']}), "
           f"test MAE {test}  [n_train {summary['n_train']}, n_val {summary['n_val']}, n_test {summary['n_test']}; "

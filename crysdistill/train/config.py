@@ -57,6 +57,31 @@ class DistillConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """The teacher-labelled corpus (response distillation): off unless ``teacher`` and ``data`` are set.
+
+    A teacher + head (``crysdistill head``: an MLP grid and ridge on the frozen teacher's
+    per-structure embeddings) is fitted on the run's training split and chosen on its validation
+    split; it labels structures of an unlabelled corpus (none of them in the run's splits), and
+    each training step adds a batch of those structures, their loss weighted by ``weight``. The
+    student that comes out needs no teacher to predict.
+
+    Attributes:
+        teacher: the teacher whose head labels the corpus (any ``--teacher`` value); ``None`` = off.
+        data: the unlabelled corpus (any format ``--data`` reads).
+        weight: weight of the loss on teacher labels (the loss on true labels has weight 1).
+        max_structures: corpus structures labelled (a seeded subsample; 0 = all).
+        ratio: teacher-labelled structures per true-labelled structure in each step.
+    """
+
+    teacher: str | None = None
+    data: str | None = None
+    weight: float = 1.0
+    max_structures: int = 10000
+    ratio: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     """Everything that determines a training run (saved as ``config.yaml`` in the run folder).
 
@@ -78,6 +103,7 @@ class TrainConfig:
         eval_batch_size: structures per step when predicting.
         optim: optimiser settings.
         distill: distillation settings.
+        pseudo: the teacher-labelled corpus (response distillation; off by default).
         loss: the property loss on the (transformed, z-normalised) target: ``mse`` (default),
             ``l1`` or ``huber`` (δ = 1 standard deviation); L1 and Huber resist a few extreme labels.
         target_transform: ``none`` (default) or ``log`` (positive targets only: the student learns
@@ -105,6 +131,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     loss: Literal["mse", "l1", "huber"] = "mse"
     target_transform: Literal["none", "log"] = "none"
     on_error: Literal["raise", "skip"] = "raise"

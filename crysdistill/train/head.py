@@ -170,12 +170,17 @@ def fit_head(x: np.ndarray, y: np.ndarray, norm, splits: dict[str, np.ndarray], 
     models["ridge"] = w
     chosen = min(cands, key=cands.get)
     head = models[chosen]
-    if chosen == "ridge":
-        pred = np.concatenate([xs[te], np.ones((len(te), 1))], axis=1) @ head
-    else:
-        with torch.no_grad():
-            pred = head(torch.tensor(xs[te], dtype=torch.float32)).numpy().astype(np.float64)
-    return {"chosen": chosen, "candidates": cands, "head": head, "mean": mu, "std": sd, "pred": norm.decode(pred)}
+    return {"chosen": chosen, "candidates": cands, "head": head, "mean": mu, "std": sd,
+            "pred": norm.decode(apply_head(head, mu, sd, x[te]))}
+
+
+def apply_head(head, mean: np.ndarray, std: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A fitted head (MLP module or ridge weights) on raw features ``x``: normalised predictions ``(B, T)``."""
+    xs = (x - mean) / std
+    if isinstance(head, np.ndarray):
+        return np.concatenate([xs, np.ones((len(xs), 1))], axis=1) @ head
+    with torch.no_grad():
+        return head(torch.tensor(xs, dtype=torch.float32)).numpy().astype(np.float64)
 
 
 
@@ -331,17 +336,15 @@ def predict_head(path: str | os.PathLike, data, output: str | os.PathLike, on_er
         x = structure_features(teacher, records, h["layers"], cache_dir=cache_dir, workers=workers)
     else:
         x = composition_features([np.asarray(r.structure.atomic_numbers) for r in records])
-    xs = (x - h["feature_mean"].numpy()) / h["feature_std"].numpy()
     if h["chosen"] == "ridge":
-        pred = np.concatenate([xs, np.ones((len(xs), 1))], axis=1) @ h["state"]["ridge"].numpy()
+        head = h["state"]["ridge"].numpy()
     else:
         hidden, dim = h["state"]["0.weight"].shape
-        model = _mlp(dim, hidden, len(h["targets"]))
-        model.load_state_dict(h["state"])
-        model.eval()
-        with torch.no_grad():
-            pred = model(torch.tensor(xs, dtype=torch.float32)).numpy().astype(np.float64)
-    pred = Normalizer.from_dict(h["normalizer"]).decode(pred)
+        head = _mlp(dim, hidden, len(h["targets"]))
+        head.load_state_dict(h["state"])
+        head.eval()
+    pred = Normalizer.from_dict(h["normalizer"]).decode(apply_head(head, h["feature_mean"].numpy(),
+                                                                   h["feature_std"].numpy(), x))
     mae = write_predictions(output, [r.id for r in records], list(h["targets"]), pred,
                             {r.id: r.labels for r in records})
     return {"n_predicted": len(records), "n_skipped": len(problems), "problems": problems, "mae": mae}

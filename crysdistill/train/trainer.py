@@ -32,6 +32,7 @@ from crysdistill.students.base import StudentAdapter
 from crysdistill.students.checkpoint import save_student
 from crysdistill.students.registry import build_student, get_student
 from crysdistill.train.config import TrainConfig
+from crysdistill.train.pseudo import PseudoLabels
 from crysdistill.train.splits import Normalizer, make_splits
 from crysdistill.utils import (
     atomic_save,
@@ -45,7 +46,7 @@ from crysdistill.utils import (
 log = logging.getLogger("crysdistill.train")
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_property_loss", "train_distill_node", "train_distill_graph",
-                 "train_mae", "val_mae", "seconds"]
+                 "train_mae", "val_mae", "seconds", "train_pseudo_loss"]
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Prepared:
     problems: list[Problem]
     n_missing_labels: int
     featurizer_fingerprint: str
+    pseudo: PseudoLabels | None = None  # the teacher-labelled corpus (TrainConfig.pseudo)
 
 
 def _progress(desc: str):
@@ -152,8 +154,15 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
                                 cache_dir=cfg.cache_dir, progress=_progress(f"{teacher.spec} embeddings"),
                                 workers=cfg.workers)
             embeddings = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
+    pseudo = None
+    if cfg.pseudo.teacher or cfg.pseudo.data:
+        from crysdistill.train.pseudo import teacher_labels
+
+        by_id = {r.id: r for r in records}
+        pseudo = teacher_labels(cfg, [by_id[i] for i in graphs.ids], splits, y, normalizer, student.featurizer(),
+                                device=str(resolve_device(cfg.device)), progress=_progress("teacher-labelled corpus"))
     return Prepared(graphs, y, splits, normalizer, teacher, embeddings, injected, problems, n_missing,
-                    student.featurizer().fingerprint())
+                    student.featurizer().fingerprint(), pseudo)
 
 
 def _masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -244,6 +253,10 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     steps = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     sched = _make_scheduler(opt, cfg, steps)
     y_norm = torch.tensor(prep.normalizer.encode(prep.y), dtype=torch.float32)
+    pseudo = prep.pseudo
+    if pseudo is not None:  # each step adds a batch of teacher-labelled corpus structures
+        y_pseudo = torch.tensor(prep.normalizer.encode(pseudo.y), dtype=torch.float32)
+        pseudo_bs = max(1, int(round(cfg.batch_size * cfg.pseudo.ratio)))
     teacher_fp_before = prep.teacher.weights_fingerprint() if prep.teacher is not None else None
 
     start_epoch, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
@@ -279,7 +292,11 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
             distill.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        sums = {"loss": 0.0, "prop": 0.0, "node": 0.0, "graph": 0.0}
+        sums = {"loss": 0.0, "prop": 0.0, "node": 0.0, "graph": 0.0, "pseudo": 0.0}
+        if pseudo is not None:  # a fresh order of the corpus each epoch, cycled if the epoch needs more
+            n_need = steps * pseudo_bs
+            p_order = torch.cat([torch.randperm(len(pseudo.graphs), generator=gen)
+                                 for _ in range(math.ceil(n_need / len(pseudo.graphs)))]).numpy()
         train_pred, train_true = [], []
         bar = None
         if use_bar:
@@ -299,6 +316,14 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
                 loss = loss + dl
                 sums["node"] += parts.get("node", 0.0) * len(idx)
                 sums["graph"] += parts.get("graph", 0.0) * len(idx)
+            if pseudo is not None:
+                k = s // cfg.batch_size * pseudo_bs
+                pidx = p_order[k:k + pseudo_bs].tolist()
+                pbatch = adapter.to_device(adapter.collate([pseudo.graphs[i] for i in pidx]), device)
+                pl = _masked_loss(adapter(pbatch).prediction.reshape(len(pidx), -1), y_pseudo[pidx].to(device),
+                                  cfg.loss)
+                loss = loss + cfg.pseudo.weight * pl
+                sums["pseudo"] += pl.item() * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -328,7 +353,7 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
             save_student(adapter, best_path, **_run_extras(cfg, prep, epoch + 1, val_mae),
                          init_distillation=(init or {}).get("distillation"))
         row = [epoch + 1, opt.param_groups[0]["lr"], sums["loss"] / n, sums["prop"] / n, sums["node"] / n,
-               sums["graph"] / n, train_mae, val_mae, round(time.perf_counter() - t0, 3)]
+               sums["graph"] / n, train_mae, val_mae, round(time.perf_counter() - t0, 3), sums["pseudo"] / n]
         with open(metrics_path, "a", newline="") as fh:
             csv.writer(fh).writerow(row)
         atomic_save({
@@ -359,6 +384,7 @@ def _run_extras(cfg: TrainConfig, prep: Prepared, epoch: int, val_mae: float) ->
                    if prep.injected is not None else None),
         "teacher": prep.teacher.describe() if prep.teacher is not None else None,
         "init": cfg.init,
+        "pseudo": prep.pseudo.info if prep.pseudo is not None else None,
         "train_config": to_dict(cfg),
     }
 
@@ -446,6 +472,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
         "weight_grid_val_mae": grid_summary,
         "inject_layers": list(cfg.distill.inject_layers) if prep.injected is not None else [],
         "init": cfg.init, "init_distillation": ckpt.get("init_distillation"),
+        "pseudo": prep.pseudo.info if prep.pseudo is not None else None,
         "seed": cfg.seed, "split_seed": split_seed, "n_train": len(prep.splits["train"]), "n_val": len(prep.splits["val"]),
         "n_test": len(test_idx), "n_skipped": len(prep.problems), "n_missing_labels": prep.n_missing_labels,
         "val_mae": fitres["val_mae"], "best_epoch": fitres["best_epoch"], "epochs": cfg.epochs,
