@@ -104,9 +104,13 @@ def progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="struct", leave=False)
 
 
-def build_progress(desc: str):
-    """A ``progress(done, total)`` callback drawing a bar on a terminal (no-op otherwise)."""
-    state = {"bar": None}
+def build_progress(desc: str, every: float = 60.0):
+    """A ``progress(done, total)`` callback: a bar on a terminal; off a terminal (a ``nohup`` log),
+    one line every ``every`` seconds with the rate and the time left, once a step has taken that long."""
+    import logging
+    import time
+
+    state = {"bar": None, "t0": time.perf_counter(), "last": time.perf_counter()}
 
     def cb(done: int, total: int) -> None:
         if state["bar"] is None:
@@ -116,6 +120,13 @@ def build_progress(desc: str):
             state["bar"].refresh()
             if done >= total:
                 state["bar"].close()
+            return
+        now = time.perf_counter()
+        if now - state["last"] >= every and 0 < done:
+            rate = done / (now - state["t0"])
+            logging.getLogger("crysdistill").info("%s: %d/%d (%.1f/s, %.0f min left)", desc, done, total, rate,
+                                                  (total - done) / rate / 60)
+            state["last"] = now
 
     return cb
 

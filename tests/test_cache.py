@@ -229,3 +229,15 @@ def test_collate_batches(nacl, cu_primitive, cache_dir):
     assert batch.lattice.shape == (2, 3, 3)
     single = to_data(gs[1], settings)
     assert single.edge_index.dtype == torch.int64 and single.num_nodes == 1
+
+
+def test_progress_off_a_terminal_logs_rate_and_time_left(caplog):
+    import logging
+
+    from crysdistill.utils import build_progress
+
+    cb = build_progress("teacher embeddings", every=0.0)
+    with caplog.at_level(logging.INFO, logger="crysdistill"):
+        cb(50, 200)
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("teacher embeddings: 50/200 (") and "/s, " in line and "min left" in line
