@@ -75,6 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "by default they train on the remaining 60%%)")
     p.add_argument("--init", default=None, metavar="NAME",
                    help="also run students started from this distilled encoder (train --init NAME): mode init-NAME")
+    p.add_argument("--pseudo", default=None, metavar="TEACHER",
+                   help="also run students trained on a corpus labelled by this teacher + a head fitted on each run's "
+                        "training split (train --pseudo-teacher): mode pseudo-TEACHER")
+    p.add_argument("--pseudo-data", default=None, metavar="PATH",
+                   help="the unlabelled corpus for --pseudo (default: DATA_DIR/pretrain_unlabelled.jsonl.gz)")
     p.add_argument("--heads", default="", metavar="LIST",
                    help="also fit the teacher + head reference (crysdistill head) for these teachers on the same "
                         "splits and seeds, e.g. chgnet,sevennet,composition: mode head-NAME")
@@ -86,6 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-O", "--override", action="append", default=[], metavar="key=value",
                    help="config override for every run (e.g. model.layers=3)")
     p.add_argument("--summarise-only", action="store_true", help="only rebuild results.csv, summary.md and plots")
+    p.add_argument("--with-results", action="append", default=[], metavar="CSV",
+                   help="also tabulate the rows of an earlier results.csv (e.g. docs/benchmark_results_foundation.csv: "
+                        "the same split and seeds, so a new mode is compared with vanilla without rerunning it); a "
+                        "run found under --out replaces a row of the same student, target, size, mode and seed")
     write = p.add_mutually_exclusive_group()
     write.add_argument("--write-corpus", metavar="PATH", default=None,
                    help="write the first target's dataset without its validation and test structures (the "
@@ -119,6 +128,9 @@ def run_grid(args: argparse.Namespace) -> None:
         modes.append((f"inject{teacher_tag}-L{'.'.join(map(str, inject))}", 0.0, inject))
     if args.init:
         modes.append((f"init-{args.init.replace('/', '_')}", 0.0, []))
+    if args.pseudo:
+        modes.append((f"pseudo-{args.pseudo.replace(':', '_').replace('/', '_')}", 0.0, []))
+    pseudo_data = args.pseudo_data or os.path.join(args.data_dir, "pretrain_unlabelled.jsonl.gz")
     heads = [h for h in args.heads.split(",") if h]
     datasets: dict[str, object] = {}
     for target in targets:
@@ -138,10 +150,12 @@ def run_grid(args: argparse.Namespace) -> None:
                         if (run / "summary.json").exists():
                             continue
                         is_init = mode.startswith("init-")
+                        is_pseudo = mode.startswith("pseudo-")
                         extra = {"student": student, "targets": [target], "train_size": n, "val_size": val,
                                  "test_size": test, "seed": seed, "split_seed": SPLIT_SEED, "epochs": args.epochs,
-                                 "teacher": args.teacher if mode != "vanilla" and not is_init else None,
+                                 "teacher": args.teacher if mode != "vanilla" and not (is_init or is_pseudo) else None,
                                  "init": args.init if is_init else None,
+                                 "pseudo": {"teacher": args.pseudo, "data": pseudo_data} if is_pseudo else {},
                                  "distill": {"node_weight": w, "teacher_layers": layers, "inject_layers": inj}}
                         cfg = load_config(TrainConfig, cfg_file if cfg_file.exists() else None, args.override,
                                           extra=extra)
@@ -388,7 +402,20 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.summarise_only:
         run_grid(args)
-    rows = add_safeguard(collect(out))
+    found = collect(out)
+    have = {(r["student"], r["target"], int(r["n_train"]), r["mode"], int(r["seed"])) for r in found}
+    for path in args.with_results:
+        with open(path, newline="") as fh:
+            for r in csv.DictReader(fh):
+                if r["mode"] == "safeguard":
+                    continue
+                key = (r["student"], r["target"], int(r["n_train"]), r["mode"], int(r["seed"]))
+                if key not in have:
+                    have.add(key)
+                    found.append({**r, **{k: int(r[k]) for k in ("n_train", "seed", "best_epoch", "epochs", "n_val",
+                                                                  "n_test")},
+                                  **{k: float(r[k]) for k in ("distill_weight", "test_mae", "val_mae", "seconds")}})
+    rows = add_safeguard(found)
     if not rows:
         print("no finished runs found")
         return 1
