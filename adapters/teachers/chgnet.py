@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -93,16 +94,28 @@ class CHGNetTeacher(TeacherAdapter):
             return f"atom {i} ({structure[i].specie}) has no neighbour within CHGNet's {self._cutoff:g} Å cutoff"
         return None
 
-    def embed(self, structures: Sequence[Structure]) -> TeacherOutput:
+    def inputs(self, structures: Sequence[Structure]) -> list:
+        return [self.model.graph_converter(s) for s in structures]
+
+    def forward(self, inputs: list) -> TeacherOutput:
         captured: list[torch.Tensor] = []
         hooks = [b.register_forward_hook(lambda _m, _i, out: captured.append(out)) for b in self._blocks]
         try:
-            graphs = [self.model.graph_converter(s) for s in structures]
-            with torch.no_grad():
-                self.model(graphs, task="e")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # CHGNet's torch.tensor(list of tensors) warning under recent torch
+                self.model(inputs, task="e")
         finally:
             for h in hooks:
                 h.remove()
-        sizes = [len(s) for s in structures]
+        sizes = [int(g.atomic_number.shape[0]) for g in inputs]
         ptr = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
-        return TeacherOutput([x.detach().float().cpu() for x in captured], ptr)
+        return TeacherOutput(captured, ptr)
+
+    def blocks(self) -> list[torch.nn.Module]:
+        return list(self._blocks)
+
+    def embed(self, structures: Sequence[Structure]) -> TeacherOutput:
+        graphs = self.inputs(structures)
+        with torch.no_grad():
+            out = self.forward(graphs)
+        return TeacherOutput([x.detach().float().cpu() for x in out.layers], out.ptr)

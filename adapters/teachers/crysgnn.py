@@ -35,7 +35,17 @@ class CrysGNNTeacher(TeacherAdapter):
 
     @classmethod
     def claims(cls, spec: str) -> bool:
-        return spec in cls.variants() or spec.endswith(".pt") or Path(spec).is_file()
+        if spec in cls.variants():
+            return True
+        if Path(spec).is_file():  # any checkpoint but another plugin's fine-tuned teacher
+            from crysdistill.train.finetune import FINETUNED_KIND
+            from crysdistill.utils import load_checkpoint
+
+            try:
+                return load_checkpoint(spec).get("kind") != FINETUNED_KIND
+            except Exception:
+                return True  # the CrysGNN loader names what is wrong with it
+        return spec.endswith(".pt")
 
     def load(self) -> None:
         from crysdistill.teacher.checkpoint import load_teacher

@@ -117,25 +117,37 @@ class SevenNetTeacher(TeacherAdapter):
                 return f"element(s) {', '.join(bad)} outside SevenNet's {self.variant} species"
         return None
 
-    def embed(self, structures: Sequence[Structure]) -> TeacherOutput:
+    def inputs(self, structures: Sequence[Structure]) -> list:
         from pymatgen.io.ase import AseAtomsAdaptor
+
+        return [self._data_cls.from_numpy_dict(self._to_graph(AseAtomsAdaptor.get_atoms(s), self._cutoff))
+                for s in structures]
+
+    def forward(self, inputs: list) -> TeacherOutput:
         from torch_geometric.data import Batch
 
         key = self._keys.NODE_FEATURE
         captured: list[torch.Tensor] = []
         hooks = [self.model._modules[n].register_forward_hook(
-            lambda _m, _i, out, w=w: captured.append(out[key][:, :w].detach().float().cpu()))
+            lambda _m, _i, out, w=w: captured.append(out[key][:, :w]))
             for n, w in zip(self._names, self._scalars)]
         try:
-            data = [self._data_cls.from_numpy_dict(self._to_graph(AseAtomsAdaptor.get_atoms(s), self._cutoff))
-                    for s in structures]
-            batch = Batch.from_data_list(data).to(self.device)
-            with torch.no_grad(), warnings.catch_warnings():
+            batch = Batch.from_data_list(inputs).to(self.device)
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.model(batch)
         finally:
             for h in hooks:
                 h.remove()
-        sizes = [len(s) for s in structures]
+        sizes = [int(d.num_nodes) for d in inputs]
         ptr = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
         return TeacherOutput(captured, ptr)
+
+    def blocks(self) -> list[torch.nn.Module]:
+        return [self.model._modules[n] for n in self._names]
+
+    def embed(self, structures: Sequence[Structure]) -> TeacherOutput:
+        data = self.inputs(structures)
+        with torch.no_grad():
+            out = self.forward(data)
+        return TeacherOutput([x.detach().float().cpu() for x in out.layers], out.ptr)

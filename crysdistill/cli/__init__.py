@@ -15,7 +15,7 @@ from crysdistill import __version__
 from crysdistill.errors import UserError
 
 _MODULES = ("crysdistill.cli.data", "crysdistill.cli.teacher", "crysdistill.cli.students", "crysdistill.cli.distill",
-            "crysdistill.cli.analysis")
+            "crysdistill.cli.finetune", "crysdistill.cli.analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,6 +136,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             row["variants"] = cls.variants()
             row["default_variant"] = cls.default_variant
             row["package"] = f"{cls.package} {cls.package_version()}"
+            if not cls.default_variant:  # a plugin that only loads files (fine-tuned teachers)
+                row.update(layers="per file", trained_on="takes a file: " + (cls.__doc__ or "").strip().splitlines()[0])
+                rows.append(row)
+                continue
             try:
                 t = cls(None)
                 row.update(layers=f"{len(t.layer_widths)} × {'/'.join(map(str, sorted(set(t.layer_widths))))}",

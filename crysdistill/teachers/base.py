@@ -201,6 +201,29 @@ class TeacherAdapter(ABC):
         record before anything is embedded so that bad records are named (or skipped) up front."""
         return None
 
+    # ---- fine-tuning (optional: crysdistill finetune) ---------------------------------------
+
+    def inputs(self, structures: Sequence[Structure]) -> list:
+        """The model's own input of each structure (its graph), built once and kept by ``finetune``.
+
+        Teachers that can be fine-tuned implement this and :meth:`forward`.
+        """
+        raise NotImplementedError
+
+    def forward(self, inputs: list) -> TeacherOutput:
+        """Every layer's atom embeddings of a batch of :meth:`inputs`, **with** gradients (the module
+        may be in training mode); :meth:`embed` is this under ``torch.no_grad()``."""
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        """The modules that produce each layer, aligned with :attr:`layer_names` (to freeze the first ones)."""
+        raise NotImplementedError
+
+    @classmethod
+    def finetunable(cls) -> bool:
+        """Whether this teacher implements :meth:`inputs` and :meth:`forward`."""
+        return cls.forward is not TeacherAdapter.forward and cls.inputs is not TeacherAdapter.inputs
+
     # ---- provided ---------------------------------------------------------------------------
 
     @property

@@ -33,9 +33,14 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
     from crysdistill.train.head import HEAD_KIND, predict_head
     from crysdistill.utils import load_checkpoint
 
-    if load_checkpoint(checkpoint).get("kind") == HEAD_KIND:  # a teacher + head reference (crysdistill head --out)
+    from crysdistill.train.finetune import FINETUNED_KIND, predict_finetuned
+
+    kind = load_checkpoint(checkpoint).get("kind")
+    if kind == HEAD_KIND:  # a teacher + head reference (crysdistill head --out)
         return predict_head(checkpoint, data, output, on_error=on_error, cache_dir=cache_dir, workers=workers,
                             device=device, limit=limit)
+    if kind == FINETUNED_KIND:  # a fine-tuned teacher (crysdistill finetune --out)
+        return predict_finetuned(checkpoint, data, output, on_error=on_error, device=device, limit=limit)
     adapter, ckpt = load_student(checkpoint)
     if student is not None and adapter.name != student:
         raise CheckpointError(f"{checkpoint}: is a {adapter.name!r} checkpoint, not {student!r}; "

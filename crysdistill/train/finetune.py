@@ -1,0 +1,317 @@
+"""Fine-tuning a teacher end to end on labels: the accuracy ceiling, and a better teacher to distil.
+
+``crysdistill finetune --teacher chgnet --data … --target … --out DIR`` trains the teacher's own
+network (its graph builder and every block up to the last layer, as its plugin's
+:meth:`~crysdistill.teachers.base.TeacherAdapter.forward` runs it) with a new property head on the
+per-structure mean of its last layer's atom embeddings, as MatterTune and the foundation-model
+papers fine-tune (AdamW, a smaller learning rate for the backbone than for the head).
+
+Splits, seeds, selection on validation and the single test are those of ``crysdistill train``
+with the same sizes and seeds (the same structures, in the same order, split the same way), so a
+fine-tuned teacher lines up with every student trained on those settings. ``metrics.csv``,
+``last.pt`` (atomic, every epoch; ``--resume``), ``summary.json`` and ``predictions_test.csv``
+are written as for ``train``. The selected weights go to ``DIR/teacher.pt``: a teacher again
+(``--teacher DIR/teacher.pt``, frozen: embeddings, injection, heads, labelling a corpus) and a
+predictor (``crysdistill predict --checkpoint DIR/teacher.pt``). It records the base teacher, the
+labels it was fine-tuned on and the split, so every later use names them as leaked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from crysdistill.errors import ConfigError, UserError
+
+log = logging.getLogger("crysdistill.train")
+
+#: ``kind`` of the fine-tuned teacher file (also read by the ``finetuned`` teacher plugin)
+FINETUNED_KIND = "crysdistill-finetuned-teacher"
+FIELDS = ["epoch", "lr_backbone", "lr_head", "train_loss", "train_mae", "val_mae", "seconds"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that determines a fine-tuning run (``config.yaml`` of the run folder).
+
+    Attributes:
+        teacher: a teacher plugin that can be fine-tuned (``chgnet``, ``sevennet``, a variant).
+        targets: label keys to predict.
+        train_size, val_size, test_size: split sizes, as ``crysdistill train``.
+        seed: seed of the head's initialisation and the batch order (and of the split, unless
+            ``split_seed``).
+        split_seed: seed of the split (default: ``seed``).
+        epochs: passes over the training split.
+        batch_size: structures per step.
+        lr_backbone: AdamW learning rate of the teacher's weights (cosine decay to 1 %).
+        lr_head: AdamW learning rate of the new head.
+        weight_decay: AdamW weight decay.
+        freeze_layers: keep the first N layers' blocks frozen (0 = train every block).
+        head_hidden: width of the head's hidden layer.
+        loss: ``l1`` (default: robust to a few extreme labels), ``mse`` or ``huber``.
+        target_transform: ``none`` or ``log`` (positive targets; predictions in the user's units).
+        student: whose structure filter makes the split (``cgcnn``: the same structures as ``train``).
+        on_error, cache_dir, workers, device, threads: as ``crysdistill train``.
+    """
+
+    teacher: str = "chgnet"
+    targets: list[str] | None = None
+    train_size: float | None = None
+    val_size: float | None = None
+    test_size: float | None = None
+    seed: int = 0
+    split_seed: int | None = None
+    epochs: int = 30
+    batch_size: int = 16
+    lr_backbone: float = 1e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 0.0
+    freeze_layers: int = 0
+    head_hidden: int = 128
+    loss: Literal["l1", "mse", "huber"] = "l1"
+    target_transform: Literal["none", "log"] = "none"
+    student: str = "cgcnn"
+    on_error: Literal["raise", "skip"] = "raise"
+    cache_dir: str | None = None
+    workers: int = 2
+    device: str = "auto"
+    threads: int = 0
+
+
+def _head(dim: int, hidden: int, n_out: int) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, n_out))
+
+
+def _pool(out, last: int) -> torch.Tensor:
+    """Per-structure mean of the last layer's atom embeddings: ``(B, D)``."""
+    x = out.layers[last]
+    ptr = out.ptr.to(x.device)
+    seg = torch.repeat_interleave(torch.arange(len(ptr) - 1, device=x.device), ptr[1:] - ptr[:-1])
+    sums = torch.zeros(len(ptr) - 1, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, seg, x)
+    return sums / (ptr[1:] - ptr[:-1]).unsqueeze(1).to(x.dtype)
+
+
+def predict_inputs(teacher, head, inputs: list, batch_size: int) -> np.ndarray:
+    """Normalised predictions of the fine-tuned teacher + head for model inputs: ``(B, T)``."""
+    teacher.module.eval()
+    head.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(inputs), batch_size):
+            o = teacher.forward(inputs[s:s + batch_size])
+            out.append(head(_pool(o, len(teacher.layer_widths) - 1)).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, head[-1].out_features))
+
+
+def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -> dict:
+    """Fine-tune ``cfg.teacher`` on ``cfg.targets``; return (and write) ``summary.json``'s content.
+
+    Raises:
+        UserError: a teacher that cannot be fine-tuned, no target, splits that do not fit, a
+            structure the teacher cannot embed (with ``on_error="raise"``), or ``--resume``
+            without a ``last.pt`` or with another config.
+    """
+    import yaml
+
+    from crysdistill.config import to_dict
+    from crysdistill.data.readers import Dataset, read_dataset
+    from crysdistill.teachers.registry import load_teacher
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.predict import write_predictions
+    from crysdistill.train.trainer import _masked_loss, _mae, prepare
+    from crysdistill.utils import atomic_save, atomic_write_text, load_checkpoint, resolve_device, seed_everything
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    if not cfg.targets:
+        raise ConfigError("no target given; pass --target KEY")
+    if resume and not (out / "last.pt").exists():
+        raise UserError(f"{out}: nothing to resume (no last.pt); start without --resume")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    teacher = load_teacher(cfg.teacher, device=str(device))
+    if not type(teacher).finetunable():
+        raise UserError(f"teacher {teacher.spec} cannot be fine-tuned: its plugin does not implement inputs() and "
+                        "forward() (chgnet and sevennet do)")
+    base_fp = teacher.fingerprint
+    ds = data if isinstance(data, Dataset) else read_dataset(data, on_error=cfg.on_error)
+    # the same structures, split the same way, as `crysdistill train` with these sizes and seeds
+    tcfg = TrainConfig(student=cfg.student, targets=list(cfg.targets), train_size=cfg.train_size,
+                       val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed, split_seed=cfg.split_seed,
+                       on_error=cfg.on_error, cache_dir=cfg.cache_dir, workers=cfg.workers, device="cpu",
+                       target_transform=cfg.target_transform)
+    prep = prepare(replace(tcfg, teacher=cfg.teacher, distill=replace(tcfg.distill, node_weight=0.0)), ds)
+    by_id = {r.id: r for r in ds.records}
+    records = [by_id[i] for i in prep.graphs.ids]
+    splits, norm = prep.splits, prep.normalizer
+    used = np.concatenate([splits["train"], splits["val"], splits["test"]])
+    t0 = time.perf_counter()
+    inputs: dict[int, object] = dict(zip(used.tolist(), teacher.inputs([records[i].structure for i in used])))
+    log.info("built %d %s graphs in %.0f s", len(inputs), teacher.spec, time.perf_counter() - t0)
+
+    seed_everything(cfg.seed)
+    module = teacher.module
+    module.requires_grad_(True)
+    frozen = 0
+    if cfg.freeze_layers:
+        try:
+            blocks = teacher.blocks()
+        except NotImplementedError:
+            raise ConfigError(f"teacher {teacher.spec} does not name its blocks; freeze_layers needs them") from None
+        if cfg.freeze_layers > len(blocks):
+            raise ConfigError(f"freeze_layers={cfg.freeze_layers} but {teacher.spec} has {len(blocks)} layers")
+        for b in blocks[:cfg.freeze_layers]:
+            b.requires_grad_(False)
+            frozen += sum(p.numel() for p in b.parameters())
+    last = len(teacher.layer_widths) - 1
+    head = _head(int(teacher.layer_widths[last]), cfg.head_hidden, len(cfg.targets)).to(device)
+    backbone = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr_backbone}, {"params": head.parameters(), "lr": cfg.lr_head}],
+                            weight_decay=cfg.weight_decay)
+    steps = max(1, math.ceil(len(splits["train"]) / cfg.batch_size))
+    total = max(1, cfg.epochs * steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    y_norm = torch.tensor(norm.encode(prep.y), dtype=torch.float32)
+
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path, metrics_path = out / "last.pt", out / "teacher.pt", out / "metrics.csv"
+    start, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
+    if resume:
+        state = load_checkpoint(last_path)
+        if {**state.get("config", {}), "epochs": cfg.epochs} != to_dict(cfg):
+            raise UserError(f"{last_path}: the run was started with another config; resume with the same arguments "
+                            "(only --epochs may grow) or start a new --out folder")
+        module.load_state_dict(state["state_dict"])
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best_val, best_epoch, elapsed = state["epoch"] + 1, state["best_val"], state["best_epoch"], state["seconds"]
+        log.info("resuming %s at epoch %d (best val MAE %.4g at epoch %d)", out, start + 1, best_val, best_epoch)
+    else:
+        atomic_write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), out / "config.yaml")
+        split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+        atomic_write_text(json.dumps({"seed": cfg.seed, "split_seed": split_seed, "data": str(ds.source),
+                                      **{k: [prep.graphs.ids[i] for i in v] for k, v in splits.items()}}),
+                          out / "splits.json")
+        with open(metrics_path, "w", newline="") as fh:
+            csv.writer(fh).writerow(FIELDS)
+    record = {"kind": FINETUNED_KIND, "format": 1, "plugin": teacher.name, "base_variant": teacher.variant,
+              "base_spec": teacher.spec, "base_fingerprint": base_fp, "head_hidden": cfg.head_hidden,
+              "targets": list(cfg.targets), "normalizer": norm.to_dict(), "pool": f"mean of layer {last}",
+              "fine_tuned_on": {"data": str(ds.source), "targets": list(cfg.targets), "n_train": len(splits["train"]),
+                                "n_val": len(splits["val"]), "seed": cfg.seed,
+                                "split_seed": cfg.seed if cfg.split_seed is None else cfg.split_seed},
+              "base_trained_on": teacher.training.to_dict(), "config": to_dict(cfg)}
+    log.info("fine-tuning %s on %s: %d training structures, %d validation; %d of %d backbone parameters trained",
+             teacher.spec, ", ".join(cfg.targets), len(splits["train"]), len(splits["val"]),
+             sum(p.numel() for p in backbone), sum(p.numel() for p in module.parameters()))
+    use_bar = sys.stderr.isatty()
+    train_idx = splits["train"]
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        module.train()
+        head.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(
+            cfg.seed * 100003 + epoch)).numpy()]
+        bar = None
+        if use_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step")
+        loss_sum, preds, trues = 0.0, [], []
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size].tolist()
+            o = teacher.forward([inputs[i] for i in idx])
+            pred = head(_pool(o, last))
+            loss = _masked_loss(pred, y_norm[idx].to(device), cfg.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(backbone) + list(head.parameters()), 5.0)
+            opt.step()
+            sched.step()
+            if not torch.isfinite(loss):
+                raise UserError(f"fine-tuning diverged at epoch {epoch + 1} (loss {float(loss)}); lower lr_backbone")
+            loss_sum += float(loss) * len(idx)
+            preds.append(norm.decode(pred.detach().cpu().double().numpy()))
+            trues.append(prep.y[idx])
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        val = splits["val"].tolist()
+        val_mae = _mae(norm.decode(predict_inputs(teacher, head, [inputs[i] for i in val], cfg.batch_size)),
+                       prep.y[val])
+        train_mae = _mae(np.concatenate(preds), np.concatenate(trues))
+        elapsed += time.perf_counter() - t0
+        improved = val_mae < best_val
+        if improved:
+            best_val, best_epoch = val_mae, epoch + 1
+            atomic_save({**record, "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+                         "head": head.state_dict(), "epoch": epoch + 1, "val_mae": val_mae}, best_path)
+        with open(metrics_path, "a", newline="") as fh:
+            csv.writer(fh).writerow([epoch + 1, opt.param_groups[0]["lr"], opt.param_groups[1]["lr"],
+                                     loss_sum / len(order), train_mae, val_mae, round(time.perf_counter() - t0, 2)])
+        atomic_save({"kind": "crysdistill-finetune-state", "config": to_dict(cfg), "epoch": epoch,
+                     "state_dict": module.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "best_val": best_val, "best_epoch": best_epoch,
+                     "seconds": elapsed, "torch_rng": torch.get_rng_state()}, last_path)
+        log.info("epoch %d/%d  loss %.4f  train MAE %.4g  val MAE %.4g%s  %.0f s", epoch + 1, cfg.epochs,
+                 loss_sum / len(order), train_mae, val_mae, "  *" if improved else "", time.perf_counter() - t0)
+    # the test split, once, with the weights selected on validation
+    best = load_checkpoint(best_path)
+    module.load_state_dict(best["state_dict"])
+    head.load_state_dict(best["head"])
+    test = splits["test"].tolist()
+    summary = {"teacher": teacher.spec, "base_fingerprint": base_fp, "targets": list(cfg.targets),
+               "data": str(ds.source), "seed": cfg.seed, "split_seed": record["fine_tuned_on"]["split_seed"],
+               "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(test),
+               "n_skipped": len(prep.problems), "frozen_parameters": frozen, "val_mae": best_val,
+               "best_epoch": best_epoch, "epochs": cfg.epochs, "test_mae": None, "test_mae_per_target": None,
+               "base_trained_on": record["base_trained_on"], "train_seconds": elapsed}
+    if test:
+        pred = norm.decode(predict_inputs(teacher, head, [inputs[i] for i in test], cfg.batch_size))
+        true = prep.y[test]
+        summary["test_mae"] = _mae(pred, true)
+        summary["test_mae_per_target"] = {t: float(np.nanmean(np.abs(pred[:, k] - true[:, k])))
+                                          for k, t in enumerate(cfg.targets)}
+        write_predictions(out / "predictions_test.csv", [prep.graphs.ids[i] for i in test], list(cfg.targets), pred,
+                          {prep.graphs.ids[i]: records[i].labels for i in test})
+    summary["seconds"] = time.perf_counter() - t_start
+    atomic_write_text(json.dumps(summary, indent=1), out / "summary.json")
+    return summary
+
+
+def predict_finetuned(path, data, output, on_error: str = "raise", device: str = "auto", limit: int | None = None,
+                      batch_size: int = 16) -> dict:
+    """Predict with a fine-tuned teacher (``crysdistill predict --checkpoint DIR/teacher.pt``)."""
+    from crysdistill.data.readers import Dataset, read_dataset
+    from crysdistill.distill.cache import check_records
+    from crysdistill.teachers.registry import load_teacher
+    from crysdistill.train.predict import write_predictions
+    from crysdistill.train.splits import Normalizer
+    from crysdistill.utils import load_checkpoint, resolve_device
+
+    ckpt = load_checkpoint(path)
+    teacher = load_teacher(str(path), device=str(resolve_device(device)))  # the `finetuned` plugin: frozen weights
+    head = _head(int(teacher.layer_widths[-1]), ckpt["head_hidden"], len(ckpt["targets"]))
+    head.load_state_dict(ckpt["head"])
+    ds = data if isinstance(data, Dataset) else read_dataset(data, on_error=on_error, limit=limit)
+    records, problems = check_records(teacher, ds.records, on_error=on_error)
+    pred = Normalizer.from_dict(ckpt["normalizer"]).decode(
+        predict_inputs(teacher, head, teacher.inputs([r.structure for r in records]), batch_size))
+    mae = write_predictions(output, [r.id for r in records], list(ckpt["targets"]), pred,
+                            {r.id: r.labels for r in records})
+    return {"n_predicted": len(records), "n_skipped": len(ds.problems) + len(problems),
+            "problems": list(ds.problems) + problems, "mae": mae}

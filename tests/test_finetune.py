@@ -1,0 +1,89 @@
+"""crysdistill finetune: a teacher trained end to end on labels, then a predictor and a teacher again."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crysdistill.cli import main
+from crysdistill.testing import TeacherConformance
+
+ARGS = ["--data", "sample:elasticity", "--target", "log_kvrh", "--train-size", "60", "--val-size", "30",
+        "--test-size", "60", "--limit", "200", "--workers", "1"]
+
+
+@functools.lru_cache(maxsize=1)
+def finetuned_chgnet() -> Path:
+    """CHGNet fine-tuned for two epochs on 60 elastic moduli (shared by the tests of this module)."""
+    out = Path(tempfile.mkdtemp(prefix="crysdistill-ft-")) / "ft"
+    assert main(["finetune", "--teacher", "chgnet", *ARGS, "--epochs", "2", "--out", str(out), "threads=1"]) == 0
+    return out
+
+
+def test_finetune_selects_on_validation_and_tests_once(capsys):
+    out = finetuned_chgnet()
+    summary = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 2 and summary["best_epoch"] in (1, 2)
+    assert summary["val_mae"] == pytest.approx(min(float(r["val_mae"]) for r in rows))
+    assert summary["n_train"] == 60 and summary["n_test"] == 60 and np.isfinite(summary["test_mae"])
+    assert float(rows[0]["lr_backbone"]) < float(rows[0]["lr_head"])
+    # the split is the one `train` makes with the same sizes and seed
+    assert main(["train", "--student", "cgcnn", *ARGS, "--epochs", "1", "--out", str(out.parent / "t")]) == 0
+    a, b = json.loads((out / "splits.json").read_text()), json.loads((out.parent / "t" / "splits.json").read_text())
+    assert all(a[k] == b[k] for k in ("train", "val", "test"))
+    # the file records the base teacher and what it was fine-tuned on
+    ckpt = torch.load(out / "teacher.pt", weights_only=True)
+    assert ckpt["plugin"] == "chgnet" and ckpt["fine_tuned_on"]["targets"] == ["log_kvrh"]
+    # weights changed from the base checkpoint
+    from crysdistill.teachers.registry import load_teacher
+
+    base = load_teacher("chgnet").module.state_dict()
+    assert any(not torch.equal(base[k], v) for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+
+
+def test_finetuned_teacher_predicts_and_is_a_teacher(tmp_path, capsys):
+    out = finetuned_chgnet()
+    assert main(["predict", "--checkpoint", str(out / "teacher.pt"), "--data", "sample:elasticity", "--limit", "200",
+                 "-o", str(tmp_path / "p.csv")]) == 0
+    pred = {r["id"]: float(r["log_kvrh_prediction"]) for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    test = {r["id"]: float(r["log_kvrh_prediction"]) for r in csv.DictReader(open(out / "predictions_test.csv"))}
+    assert np.allclose([pred[i] for i in test], list(test.values()), atol=1e-5)
+    capsys.readouterr()
+    assert main(["teacher", "info", str(out / "teacher.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "finetuned" and "log_kvrh" in info["trained_on"]["leaked_targets"]
+    # as a teacher: injected into a student, whose run then names the leak
+    assert main(["train", "--student", "cgcnn", *ARGS, "--epochs", "1", "--teacher", str(out / "teacher.pt"),
+                 "distill.node_weight=0", "distill.inject_layers=[4]", "--out", str(tmp_path / "inj")]) == 0
+    s = json.loads((tmp_path / "inj" / "summary.json").read_text())
+    assert s["teacher_leaks_target"] is True and s["inject_layers"] == [4]
+
+
+def test_finetune_refuses_a_teacher_that_cannot_be_fine_tuned(tmp_path, capsys):
+    assert main(["finetune", "--teacher", "default", *ARGS, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot be fine-tuned" in err
+
+
+def test_finetune_resumes_from_its_last_epoch(tmp_path):
+    out = tmp_path / "r"
+    args = ["finetune", "--teacher", "chgnet", *ARGS, "--out", str(out), "threads=1"]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+class TestFineTunedTeacher(TeacherConformance):
+    teacher = "finetuned"
+
+    def spec(self) -> str:
+        return f"finetuned:{finetuned_chgnet() / 'teacher.pt'}"
