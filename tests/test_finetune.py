@@ -87,3 +87,14 @@ class TestFineTunedTeacher(TeacherConformance):
 
     def spec(self) -> str:
         return f"finetuned:{finetuned_chgnet() / 'teacher.pt'}"
+
+
+def test_a_teacher_fine_tuned_on_test_labels_is_refused(tmp_path, capsys):
+    """Another split puts structures the teacher was fine-tuned on into the test split: one clear line."""
+    out = finetuned_chgnet()
+    for extra in (["--teacher", str(out / "teacher.pt"), "distill.node_weight=0", "distill.inject_layers=[4]"],
+                  ["--pseudo-teacher", str(out / "teacher.pt"), "--pseudo-data", "sample"]):
+        assert main(["train", "--student", "cgcnn", *ARGS, "--epochs", "1", "--seed", "5", *extra,
+                     "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "was fine-tuned on the labels of" in err and "test split" in err

@@ -104,6 +104,9 @@ class FineTunedTeacher(TeacherAdapter):
                             leaked_targets=tuple(b.leaked_targets) + targets,
                             structures=f"{b.structures}; {f['data']}")
 
+    def seen_ids(self) -> set[str]:
+        return set(self.ckpt["fine_tuned_on"].get("seen_ids", []))
+
     def check(self, structure: Structure) -> str | None:
         return self.base.check(structure)
 

@@ -201,6 +201,11 @@ class TeacherAdapter(ABC):
         record before anything is embedded so that bad records are named (or skipped) up front."""
         return None
 
+    def seen_ids(self) -> set[str]:
+        """Ids of labelled records whose labels this teacher was trained or selected on (a fine-tuned
+        teacher's training and validation structures); a run must not test on them."""
+        return set()
+
     # ---- fine-tuning (optional: crysdistill finetune) ---------------------------------------
 
     def inputs(self, structures: Sequence[Structure]) -> list:
@@ -295,6 +300,22 @@ class TeacherAdapter(ABC):
     def describe(self) -> dict:
         """JSON-able description: name, variant, package, version, layers, fingerprint, training data."""
         return self.info().to_dict()
+
+
+def check_unseen(teacher: TeacherAdapter, test_ids, role: str = "teacher") -> None:
+    """Refuse a teacher that has seen the labels of a run's test structures (a fine-tuned teacher).
+
+    Raises:
+        crysdistill.errors.UserError: naming the teacher, how many test structures and the first ids.
+    """
+    from crysdistill.errors import UserError
+
+    seen = teacher.seen_ids()
+    both = [i for i in test_ids if i in seen] if seen else []
+    if both:
+        raise UserError(f"{role} {teacher.spec} was fine-tuned on the labels of {len(both)} structure(s) of this run's "
+                        f"test split ({', '.join(both[:3])}{', …' if len(both) > 3 else ''}); fine-tune it with this "
+                        "run's --train-size/--val-size/--test-size and seeds, or test on other structures")
 
 
 def missing_package(teacher: str, package: str, exc: Exception) -> Exception:

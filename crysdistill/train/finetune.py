@@ -212,6 +212,9 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
               "targets": list(cfg.targets), "normalizer": norm.to_dict(), "pool": f"mean of layer {last}",
               "fine_tuned_on": {"data": str(ds.source), "targets": list(cfg.targets), "n_train": len(splits["train"]),
                                 "n_val": len(splits["val"]), "seed": cfg.seed,
+                                # whose labels it has seen: a later run must not test on them
+                                "seen_ids": [prep.graphs.ids[i] for i in np.concatenate([splits["train"],
+                                                                                         splits["val"]])],
                                 "split_seed": cfg.seed if cfg.split_seed is None else cfg.split_seed},
               "base_trained_on": teacher.training.to_dict(), "config": to_dict(cfg)}
     log.info("fine-tuning %s on %s: %d training structures, %d validation; %d of %d backbone parameters trained",

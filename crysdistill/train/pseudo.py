@@ -70,7 +70,7 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
         UserError: a corpus with no structure left outside the run's splits.
     """
     from crysdistill.distill.cache import check_records
-    from crysdistill.teachers.base import leaks
+    from crysdistill.teachers.base import check_unseen, leaks
     from crysdistill.teachers.registry import load_teacher
     from crysdistill.train.head import apply_head, fit_head, structure_features
 
@@ -79,6 +79,7 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
         raise ConfigError("the teacher-labelled corpus needs both pseudo.teacher and pseudo.data")
     t0 = time.perf_counter()
     teacher = load_teacher(p.teacher, device=device)
+    check_unseen(teacher, [records[i].id for i in splits["test"]], role="corpus labeller")
     for t in cfg.targets:
         if leaks(teacher.training, t):
             log.warning("warning: the corpus labeller %s was trained on %s (%s), which gives away the target %r",

@@ -141,6 +141,10 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
                             f"target_transform=log needs positive labels ({len(bad)} are not): use none, or fix them")
     normalizer = Normalizer.fit(y[splits["train"]], cfg.target_transform)
     if teacher is not None:
+        from crysdistill.teachers.base import check_unseen
+
+        check_unseen(teacher, [graphs.ids[i] for i in splits["test"]])
+    if teacher is not None:
         # embeddings are looked up by structure key, so they are aligned with the whole graph list
         if cfg.distill.inject_layers:  # inputs of every split, not only training (and nothing outside the splits)
             used = np.concatenate([splits["train"], splits["val"], splits["test"]])
