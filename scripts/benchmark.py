@@ -222,14 +222,54 @@ def add_safeguard(rows: list[dict]) -> list[dict]:
     return out
 
 
+TEACHER_NAMES = ("sevennet", "chgnet", "mp-eform", "default", "crysgnn")
+
+
+def mode_teacher(mode: str) -> str | None:
+    """The teacher a tagged mode name carries (``inject-sevennet-L0.1``, ``head-chgnet``, ``pseudo-sevennet``,
+    ``init-cgcnn-chgnet``), or ``None``."""
+    parts = mode.split("-")
+    for name in TEACHER_NAMES:
+        n = name.split("-")
+        if any(parts[i:i + len(n)] == n for i in range(1, len(parts))):
+            return name
+    return None
+
+
+_TRAINING: dict[str, object] = {}
+
+
+def leaked(mode: str, target: str) -> bool:
+    """Whether the teacher behind ``mode`` was trained on ``target`` (or what gives it away)."""
+    from crysdistill.teachers.base import leaks
+
+    name = mode_teacher(mode)
+    if name is None:
+        return False
+    if name not in _TRAINING:
+        from crysdistill.teachers.registry import load_teacher
+
+        try:
+            _TRAINING[name] = load_teacher(name).training
+        except Exception:  # a teacher that does not load here: no mark rather than a crash
+            _TRAINING[name] = None
+    return _TRAINING[name] is not None and leaks(_TRAINING[name], target)
+
+
 def summarise(rows: list[dict], out: Path) -> str:
     from collections import defaultdict
 
     stats = defaultdict(list)
     for r in rows:
         stats[(r["student"], r["target"], r["n_train"], r["mode"])].append(r)
+    heads = {}  # the best teacher + head reference of each cell (lowest mean test MAE)
+    for (student, target, n, mode), rs in stats.items():
+        if mode.startswith("head-") and mode != "head-composition":
+            m = float(np.mean([r["test_mae"] for r in rs]))
+            if (student, target, n) not in heads or m < heads[(student, target, n)][1]:
+                heads[(student, target, n)] = (mode, m)
     lines = ["| student | target | n_train | mode | seeds | test MAE (mean ± std) | vs vanilla | seeds better | "
-             "val MAE | best epoch | s/run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vs best head | val MAE | best epoch | s/run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(stats, key=lambda k: (k[0], k[1], k[2], k[3] != "vanilla", k[3])):
         student, target, n, mode = key
         rs = sorted(stats[key], key=lambda r: r["seed"])
@@ -243,8 +283,11 @@ def summarise(rows: list[dict], out: Path) -> str:
                 rel = f"{100 * (np.mean([r['test_mae'] for r in common]) / vm - 1):+.1f} %"
                 better = f"{sum(r['test_mae'] < van[r['seed']] for r in common)}/{len(common)}"
         unit = DATA.get(target, ("", 0, 0, ""))[3]
-        lines.append(f"| {student} | {target} ({unit}) | {n} | {mode} | {len(rs)} | {t.mean():.4f} ± {t.std(ddof=1) if len(t) > 1 else 0:.4f} "
-                     f"| {rel} | {better} | {np.mean([r['val_mae'] for r in rs]):.4f} | "
+        head = heads.get((student, target, n))
+        vs_head = f"{t.mean() / head[1]:.2f} × {head[0][5:]}" if head and not mode.startswith("head-") else ""
+        name = mode + (" ⚠ leak" if leaked(mode, target) else "")
+        lines.append(f"| {student} | {target} ({unit}) | {n} | {name} | {len(rs)} | {t.mean():.4f} ± {t.std(ddof=1) if len(t) > 1 else 0:.4f} "
+                     f"| {rel} | {better} | {vs_head} | {np.mean([r['val_mae'] for r in rs]):.4f} | "
                      f"{', '.join(str(r['best_epoch']) for r in rs)} | {np.mean([r['seconds'] for r in rs]):.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -280,9 +323,13 @@ def compact(rows: list[dict]) -> str:
                 cell += f" ({100 * change:+.1f} %)"
             if len(t) < full:
                 cell += f" [{len(t)} of {full} seeds]"
+            if leaked(m, target):
+                cell += " ⚠"
             out.append(cell)
         lines.append(f"| {student} | {label} | {n:,} | " + " | ".join(out) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + ("\n⚠: the teacher behind this column was trained on the target or a label that "
+                                      "gives it away (a leakage control, not a transfer result)\n"
+                                      if any(leaked(m, t) for (_, t, _), bm in cells.items() for m in bm) else "")
 
 
 def plots(rows: list[dict], out: Path) -> list[Path]:
