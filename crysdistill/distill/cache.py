@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -81,10 +81,25 @@ class TeacherEmbeddings:
     dim: int
     fingerprint: str
     n_computed: int = 0
+    #: atom embeddings kept in memory after their first read, up to this many bytes (injection
+    #: reads the same structures every epoch; a corpus larger than this keeps streaming)
+    memo_bytes: int = 1 << 30
+    _memo: dict = field(default_factory=dict, repr=False)
+    _memo_used: int = 0
 
     def node_list(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """Atom embeddings ``(n_sites, D)`` of structures ``indices`` (e.g. as extra student inputs)."""
-        return [torch.from_numpy(self.store.get(self.keys[i])["node"].copy()) for i in indices]
+        out = []
+        for i in indices:
+            key = self.keys[i]
+            t = self._memo.get(key)
+            if t is None:
+                t = torch.from_numpy(self.store.get(key)["node"].copy())
+                if self._memo_used + t.numel() * 4 <= self.memo_bytes:
+                    self._memo[key] = t
+                    self._memo_used += t.numel() * 4
+            out.append(t)
+        return out
 
     def targets(self, indices: Sequence[int]) -> TeacherTargets:
         """Stack the embeddings of structures ``indices`` into :class:`TeacherTargets`."""
