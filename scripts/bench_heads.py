@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sizes", default="250,1000", help="training structures (drawn from the benchmark's split)")
     p.add_argument("--teachers", default="chgnet,sevennet,default,crysgnn,mp-eform")
     p.add_argument("--no-twins", action="store_true", help="skip the random twins")
+    p.add_argument("--twins", default=None, metavar="LIST", help="random twins of these teachers only (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the MLP heads and of the random twins")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     p.add_argument("--cache-dir", default=None, help="embedding cache (default $CRYSDISTILL_CACHE)")
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
         feature_sets: dict[str, tuple[object, object]] = {"composition": (None, None)}
         for name, t in teachers.items():
             feature_sets[name] = (t, t)
-            if not args.no_twins:
+            if not args.no_twins and (args.twins is None or name in args.twins.split(",")):
                 feature_sets[f"{name} (random twin)"] = (t, None)
         for fname_, (teacher, model) in feature_sets.items():
             todo = [(n, m) for n in sizes_t for m in METHODS if (target, str(n), fname_, m) not in done]
