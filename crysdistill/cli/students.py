@@ -70,9 +70,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     shipped = _shipped_students()
     if shipped:
         print("\npre-distilled encoders (train --init NAME):")
-        print(f"{'name':14s} {'student':8s} {'teacher':9s} {'layers':10s} {'corpus':38s} explained variance per layer")
+        print(f"{'name':15s} {'student':8s} {'teacher':9s} {'layers':12s} {'corpus':38s} explained variance per layer")
         for r in shipped:
-            print(f"{r['name']:14s} {r['student']:8s} {r['teacher']:9s} {r['layers']:10s} {r['corpus']:38s} "
+            print(f"{r['name']:15s} {r['student']:8s} {r['teacher']:9s} {r['layers']:12s} {r['corpus']:38s} "
                   f"{r['explained_variance']}")
     return 0
 
