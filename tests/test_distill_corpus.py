@@ -118,7 +118,7 @@ def test_shipped_pre_distilled_students_are_listed_and_start_a_student(capsys):
     from crysdistill.utils import load_checkpoint
 
     shipped = bundled_students()
-    assert "cgcnn-chgnet" in shipped
+    assert {"cgcnn-chgnet", "cgcnn-sevennet"} <= set(shipped)
     assert main(["students", "list"]) == 0
     out = capsys.readouterr().out
     for name, path in shipped.items():
