@@ -99,13 +99,13 @@ def summarise(out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    import torch
-
     from dataclasses import replace
 
+    import torch
+
     from crysdistill.data.readers import read_dataset
-    from crysdistill.errors import ConfigError
     from crysdistill.distill.cache import check_records
+    from crysdistill.errors import ConfigError
     from crysdistill.teacher.probe import composition_features
     from crysdistill.teachers.base import leaks
     from crysdistill.teachers.registry import load_teacher

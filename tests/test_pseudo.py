@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
-
 from crysdistill.cli import main
 from crysdistill.cli.common import sample_path
 

@@ -174,10 +174,9 @@ def test_random_twin_keeps_the_architecture_but_not_the_weights():
 
 
 def test_parallel_embedding_equals_serial(tmp_path, monkeypatch):
+    from crysdistill.cli.common import resolve_data
     from crysdistill.data.readers import read_dataset
     from crysdistill.distill import cache
-
-    from crysdistill.cli.common import resolve_data
 
     records = read_dataset(resolve_data("sample"), limit=40).records
     teacher = load_teacher("default")

@@ -92,7 +92,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from crysdistill.errors import UserError
     from crysdistill.teacher.probe import format_probe, parse_layers, probe_teacher, teacher_graphs
 
     t0 = time.perf_counter()

@@ -128,7 +128,7 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
     from crysdistill.teachers.registry import load_teacher
     from crysdistill.train.config import TrainConfig
     from crysdistill.train.predict import write_predictions
-    from crysdistill.train.trainer import _masked_loss, _mae, prepare
+    from crysdistill.train.trainer import _mae, _masked_loss, prepare
     from crysdistill.utils import atomic_save, atomic_write_text, load_checkpoint, resolve_device, seed_everything
 
     t_start = time.perf_counter()

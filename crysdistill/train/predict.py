@@ -30,10 +30,9 @@ def predict(checkpoint: str | os.PathLike, data: str, output: str | os.PathLike,
     Returns:
         ``{"n_predicted", "n_skipped", "mae"}`` (MAE only where labels are present).
     """
+    from crysdistill.train.finetune import FINETUNED_KIND, predict_finetuned
     from crysdistill.train.head import HEAD_KIND, predict_head
     from crysdistill.utils import load_checkpoint
-
-    from crysdistill.train.finetune import FINETUNED_KIND, predict_finetuned
 
     kind = load_checkpoint(checkpoint).get("kind")
     if kind == HEAD_KIND:  # a teacher + head reference (crysdistill head --out)
