@@ -83,6 +83,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", default="", metavar="LIST",
                    help="also fit the teacher + head reference (crysdistill head) for these teachers on the same "
                         "splits and seeds, e.g. chgnet,sevennet,composition: mode head-NAME")
+    p.add_argument("--finetune", default="", metavar="LIST",
+                   help="also fine-tune these teachers end to end on each cell's split (e.g. chgnet): the accuracy "
+                        "ceiling row, mode finetune-<teacher>")
+    p.add_argument("--finetune-epochs", default="", metavar="N[,N…]",
+                   help="fine-tuning epochs per size in --sizes order (default: --epochs); e.g. 30,12")
+    p.add_argument("--finetune-option", action="append", default=[], metavar="key=value",
+                   help="fine-tuning config overrides (default: loss=l1, the run's target_transform)")
     p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla runs (e.g. when another process runs them)")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     p.add_argument("--out", default="runs/benchmark")
@@ -132,6 +139,8 @@ def run_grid(args: argparse.Namespace) -> None:
         modes.append((f"pseudo-{args.pseudo.replace(':', '_').replace('/', '_')}", 0.0, []))
     pseudo_data = args.pseudo_data or os.path.join(args.data_dir, "pretrain_unlabelled.jsonl.gz")
     heads = [h for h in args.heads.split(",") if h]
+    tunes = [t for t in args.finetune.split(",") if t]
+    tune_epochs = dict(zip(sizes, [int(e) for e in args.finetune_epochs.split(",") if e]))
     datasets: dict[str, object] = {}
     for target in targets:
         if target not in DATA:
@@ -167,6 +176,9 @@ def run_grid(args: argparse.Namespace) -> None:
                               f"{time.perf_counter() - t0:.0f} s", flush=True)
                     for head in heads:
                         run_head_cell(args, out, student, target, n, seed, head, datasets[fname], val, test)
+                    for tune in tunes:
+                        run_finetune_cell(args, out, student, target, n, seed, tune, tune_epochs.get(n, args.epochs),
+                                          datasets[fname], val, test)
 
 
 def run_head_cell(args, out: Path, student: str, target: str, n, seed: int, head: str, dataset, val, test) -> None:
@@ -193,6 +205,31 @@ def run_head_cell(args, out: Path, student: str, target: str, n, seed: int, head
           f"test {res.test_mae:.4f} ({res.chosen}) {summary['seconds']:.0f} s", flush=True)
 
 
+def run_finetune_cell(args, out: Path, student: str, target: str, n, seed: int, teacher: str, epochs: int, dataset,
+                      val, test) -> None:
+    """The fine-tuned teacher (the accuracy ceiling) on the split of one grid cell, as a run the tables read."""
+    from crysdistill.config import load_config
+    from crysdistill.train.finetune import FinetuneConfig, finetune
+
+    run = out / "runs" / student / target / f"n{n or 'all'}" / f"finetune-{teacher}" / f"seed{seed}"
+    done = run / "summary.json"
+    if done.exists() and "student" in json.loads(done.read_text()):
+        return
+    keep = [o for o in args.override if o.startswith(("threads", "target_transform", "workers"))]
+    cfg = load_config(FinetuneConfig, None, keep + args.finetune_option,
+                      extra={"teacher": teacher, "student": student, "targets": [target], "train_size": n,
+                             "val_size": val, "test_size": test, "seed": seed, "split_seed": SPLIT_SEED,
+                             "epochs": epochs, "device": "cpu"})
+    t0 = time.perf_counter()
+    s = finetune(cfg, dataset, run, resume=(run / "last.pt").exists())
+    # finetune's own summary, plus what the tables read
+    s.update({"student": student, "distill_weight": 0.0, "teacher_fingerprint": s["base_fingerprint"],
+              "seconds": s["seconds"] if s["seconds"] else time.perf_counter() - t0})
+    done.write_text(json.dumps(s, indent=1))
+    print(f"{student:12s} {target:26s} n={s['n_train']:<5d} seed={seed} finetune-{teacher:9s} val {s['val_mae']:.4f} "
+          f"test {s['test_mae']:.4f} (epoch {s['best_epoch']}) {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def collect(out: Path) -> list[dict]:
     rows = []
     for f in sorted((out / "runs").glob("*/*/*/*/seed*/summary.json")):
@@ -210,7 +247,8 @@ def add_safeguard(rows: list[dict]) -> list[dict]:
     """Per (student, target, n, seed): the run with the best validation MAE among all weights."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["mode"] == "safeguard" or r["mode"].startswith("head-"):  # the safeguard chooses among students
+        # the safeguard chooses among students (not teachers + heads, not fine-tuned teachers)
+        if r["mode"] == "safeguard" or r["mode"].startswith(("head-", "finetune-")):
             continue
         groups.setdefault((r["student"], r["target"], r["n_train"], r["seed"]), []).append(r)
     out = [r for r in rows if r["mode"] != "safeguard"]

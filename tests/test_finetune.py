@@ -98,3 +98,28 @@ def test_a_teacher_fine_tuned_on_test_labels_is_refused(tmp_path, capsys):
                      "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "was fine-tuned on the labels of" in err and "test split" in err
+
+
+def test_a_finetuned_teacher_labels_a_corpus_with_its_own_head(tmp_path):
+    """Task-specific distillation: the corpus labels are what the fine-tuned teacher itself predicts."""
+    from crysdistill.cli.common import sample_path
+    from crysdistill.config import load_config
+    from crysdistill.data.readers import Dataset, read_dataset
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.finetune import predict_finetuned
+    from crysdistill.train.trainer import prepare
+
+    out = finetuned_chgnet()
+    ds = read_dataset(sample_path("sample:elasticity"), limit=200)
+    cfg = load_config(TrainConfig, extra={"student": "cgcnn", "targets": ["log_kvrh"], "train_size": 60,
+                                          "val_size": 30, "test_size": 60, "workers": 1, "cache_dir": str(tmp_path),
+                                          "pseudo": {"teacher": str(out / "teacher.pt"), "max_structures": 12,
+                                                     "data": sample_path("sample:elasticity")}})
+    ps = prepare(cfg, ds).pseudo
+    assert ps.info["head"] == "own (fine-tuned)" and ps.info["teacher_leaks_target"] is True
+    assert ps.info["n_labelled"] == 12 and ps.info["head_n_train"] == 60
+    corpus = {r.id: r for r in read_dataset(sample_path("sample:elasticity")).records}
+    sub = Dataset("corpus", [corpus[i] for i in ps.graphs.ids])
+    predict_finetuned(out / "teacher.pt", sub, tmp_path / "p.csv")
+    pred = {r["id"]: float(r["log_kvrh_prediction"]) for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    assert np.allclose(ps.y[:, 0], [pred[i] for i in ps.graphs.ids], atol=1e-4)

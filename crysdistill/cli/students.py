@@ -143,7 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         mode = start if mode == "vanilla" else f"{mode}, {start}"
     if summary.get("pseudo"):
         ps = summary["pseudo"]
-        what = f"on {ps['n_labelled']} structures labelled by {ps['teacher']} + head (weight {ps['weight']:g})"
+        by = "its own head" if ps.get("head") == "own (fine-tuned)" else "head"
+        what = f"on {ps['n_labelled']} structures labelled by {ps['teacher']} + {by} (weight {ps['weight']:g})"
         mode = what if mode == "vanilla" else f"{mode}, {what}"
     test = "n/a" if summary["test_mae"] is None else f"{summary['test_mae']:.4g}"
     print(f"{summary['student']} {mode}: val MAE {summary['val_mae']:.4g} (epoch {summary['best_epoch']}), "

@@ -296,6 +296,27 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
     return summary
 
 
+def own_predictions(teacher, structures: list, batch_size: int = 16, progress=None) -> np.ndarray:
+    """What a fine-tuned teacher (the ``finetuned`` plugin) predicts with its own head, ``(n, T)`` in user units.
+
+    ``teacher.ckpt["targets"]`` names the columns. ``progress`` (optional) is called as
+    ``progress(done, total)`` after each chunk.
+    """
+    from crysdistill.train.splits import Normalizer
+
+    ckpt = teacher.ckpt
+    head = _head(int(teacher.layer_widths[-1]), ckpt["head_hidden"], len(ckpt["targets"]))
+    head.load_state_dict(ckpt["head"])
+    out = []
+    chunk = 512  # graphs are built a chunk at a time, not all at once (a corpus is large)
+    for s in range(0, len(structures), chunk):
+        out.append(predict_inputs(teacher, head, teacher.inputs(structures[s:s + chunk]), batch_size))
+        if progress is not None:
+            progress(min(s + chunk, len(structures)), len(structures))
+    pred = np.concatenate(out) if out else np.zeros((0, len(ckpt["targets"])))
+    return Normalizer.from_dict(ckpt["normalizer"]).decode(pred)
+
+
 def predict_finetuned(path, data, output, on_error: str = "raise", device: str = "auto", limit: int | None = None,
                       batch_size: int = 16) -> dict:
     """Predict with a fine-tuned teacher (``crysdistill predict --checkpoint DIR/teacher.pt``)."""
@@ -303,17 +324,13 @@ def predict_finetuned(path, data, output, on_error: str = "raise", device: str =
     from crysdistill.distill.cache import check_records
     from crysdistill.teachers.registry import load_teacher
     from crysdistill.train.predict import write_predictions
-    from crysdistill.train.splits import Normalizer
     from crysdistill.utils import load_checkpoint, resolve_device
 
     ckpt = load_checkpoint(path)
     teacher = load_teacher(str(path), device=str(resolve_device(device)))  # the `finetuned` plugin: frozen weights
-    head = _head(int(teacher.layer_widths[-1]), ckpt["head_hidden"], len(ckpt["targets"]))
-    head.load_state_dict(ckpt["head"])
     ds = data if isinstance(data, Dataset) else read_dataset(data, on_error=on_error, limit=limit)
     records, problems = check_records(teacher, ds.records, on_error=on_error)
-    pred = Normalizer.from_dict(ckpt["normalizer"]).decode(
-        predict_inputs(teacher, head, teacher.inputs([r.structure for r in records]), batch_size))
+    pred = own_predictions(teacher, [r.structure for r in records], batch_size)
     mae = write_predictions(output, [r.id for r in records], list(ckpt["targets"]), pred,
                             {r.id: r.labels for r in records})
     return {"n_predicted": len(records), "n_skipped": len(ds.problems) + len(problems),

@@ -85,6 +85,11 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
             log.warning("warning: the corpus labeller %s was trained on %s (%s), which gives away the target %r",
                         teacher.spec, ", ".join(teacher.training.labels), teacher.training.dataset, t)
     ks = list(range(teacher.n_layers + 1))
+    # a teacher fine-tuned on these targets labels with its own head (task-specific distillation);
+    # any other teacher gets a head fitted here
+    own = getattr(teacher, "ckpt", None) if teacher.name == "finetuned" else None
+    if own is not None and set(cfg.targets) <= set(own["targets"]):
+        return _own_labels(cfg, teacher, records, splits, featurizer, progress, t0)
     # 1. the head: fitted on training labels, chosen on validation (the test split is not touched)
     fit_rows = np.concatenate([splits["train"], splits["val"]])
     ok, _ = check_records(teacher, [records[i] for i in fit_rows], on_error="skip")
@@ -99,6 +104,33 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
     x[rows] = feats
     fitted = fit_head(x, y, normalizer, {"train": tr, "val": va, "test": np.zeros(0, dtype=np.int64)}, seed=cfg.seed)
     # 2. the corpus: every structure outside the run's splits, a seeded subsample
+    graphs, kept, n_excluded, n_bad = _corpus_graphs(cfg, teacher, records, splits, featurizer, progress)
+    xc = structure_features(teacher, kept, ks, cache_dir=cfg.cache_dir, workers=cfg.workers, progress=progress)
+    labels = normalizer.decode(apply_head(fitted["head"], fitted["mean"], fitted["std"], xc))
+    info = {"teacher": teacher.spec, "teacher_fingerprint": teacher.fingerprint,
+            "teacher_trained_on": teacher.training.to_dict(),
+            "teacher_leaks_target": any(leaks(teacher.training, t) for t in cfg.targets),
+            "head": fitted["chosen"], "head_val_mae": fitted["candidates"][fitted["chosen"]],
+            "head_n_train": int(len(tr)), "head_n_val": int(len(va)), "corpus": str(p.data),
+            "n_labelled": len(graphs), "n_excluded_in_splits": n_excluded,
+            "n_skipped": n_bad + len(graphs.problems), "weight": p.weight, "ratio": p.ratio,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    log.info("teacher-labelled corpus: %s + %s (val MAE %.4g) labelled %d structures of %s (%d in this run's "
+             "splits excluded) in %.0f s", teacher.spec, fitted["chosen"], info["head_val_mae"], len(graphs), p.data,
+             n_excluded, info["seconds"])
+    return PseudoLabels(graphs, np.asarray(labels, dtype=np.float64).reshape(len(graphs), -1), info)
+
+
+def _corpus_graphs(cfg, teacher, records, splits, featurizer, progress):
+    """The corpus structures to label: outside the run's splits (by content), a seeded subsample of
+    ``pseudo.max_structures``, that the teacher can embed and the student can represent.
+
+    Returns ``(graphs, records aligned with graphs, structures excluded as in the splits, structures
+    the teacher cannot embed)``.
+    """
+    from crysdistill.distill.cache import check_records
+
+    p = cfg.pseudo
     corpus = _corpus(p.data)
     in_splits = {structure_key(records[i].structure) for v in splits.values() for i in v}
     cands = [r for r in corpus.records if structure_key(r.structure) not in in_splits]
@@ -113,18 +145,29 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
     if len(graphs) == 0:
         raise UserError(f"{p.data}: no corpus structure is left outside this run's splits for the teacher to label")
     by_id = {r.id: r for r in cands}
-    kept = [by_id[i] for i in graphs.ids]
-    xc = structure_features(teacher, kept, ks, cache_dir=cfg.cache_dir, workers=cfg.workers, progress=progress)
-    labels = normalizer.decode(apply_head(fitted["head"], fitted["mean"], fitted["std"], xc))
+    return graphs, [by_id[i] for i in graphs.ids], n_excluded, len(bad)
+
+
+def _own_labels(cfg, teacher, records, splits, featurizer, progress, t0: float) -> PseudoLabels:
+    """Label the corpus with a fine-tuned teacher's own predictions (its head was chosen on its own
+    validation split when it was fine-tuned; ``check_unseen`` has refused it if it saw this run's test)."""
+    from crysdistill.teachers.base import leaks
+    from crysdistill.train.finetune import own_predictions
+
+    p, ckpt = cfg.pseudo, teacher.ckpt
+    graphs, kept, n_excluded, n_bad = _corpus_graphs(cfg, teacher, records, splits, featurizer, progress)
+    pred = own_predictions(teacher, [r.structure for r in kept], progress=progress)
+    cols = [list(ckpt["targets"]).index(t) for t in cfg.targets]
+    labels = np.asarray(pred, dtype=np.float64)[:, cols].reshape(len(graphs), -1)
     info = {"teacher": teacher.spec, "teacher_fingerprint": teacher.fingerprint,
             "teacher_trained_on": teacher.training.to_dict(),
             "teacher_leaks_target": any(leaks(teacher.training, t) for t in cfg.targets),
-            "head": fitted["chosen"], "head_val_mae": fitted["candidates"][fitted["chosen"]],
-            "head_n_train": int(len(tr)), "head_n_val": int(len(va)), "corpus": str(p.data),
-            "n_labelled": len(graphs), "n_excluded_in_splits": n_excluded,
-            "n_skipped": len(bad) + len(graphs.problems), "weight": p.weight, "ratio": p.ratio,
+            "head": "own (fine-tuned)", "head_val_mae": ckpt.get("val_mae"),
+            "head_n_train": int(ckpt["fine_tuned_on"]["n_train"]), "head_n_val": int(ckpt["fine_tuned_on"]["n_val"]),
+            "corpus": str(p.data), "n_labelled": len(graphs), "n_excluded_in_splits": n_excluded,
+            "n_skipped": n_bad + len(graphs.problems), "weight": p.weight, "ratio": p.ratio,
             "seconds": round(time.perf_counter() - t0, 1)}
-    log.info("teacher-labelled corpus: %s + %s (val MAE %.4g) labelled %d structures of %s (%d in this run's "
-             "splits excluded) in %.0f s", teacher.spec, fitted["chosen"], info["head_val_mae"], len(graphs), p.data,
+    log.info("teacher-labelled corpus: fine-tuned %s (its own head, val MAE %s) labelled %d structures of %s (%d in "
+             "this run's splits excluded) in %.0f s", teacher.spec, ckpt.get("val_mae"), len(graphs), p.data,
              n_excluded, info["seconds"])
-    return PseudoLabels(graphs, np.asarray(labels, dtype=np.float64).reshape(len(graphs), -1), info)
+    return PseudoLabels(graphs, labels, info)
