@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fine-tuning epochs per size in --sizes order (default: --epochs); e.g. 30,12")
     p.add_argument("--finetune-option", action="append", default=[], metavar="key=value",
                    help="fine-tuning config overrides (default: loss=l1, the run's target_transform)")
+    p.add_argument("--mode-suffix", default="", metavar="TEXT",
+                   help="append TEXT to every student mode's name, so runs with other -O options (loss=l1 "
+                        "target_transform=log) share one --out with the default ones: vanilla-l1-log, …")
     p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla runs (e.g. when another process runs them)")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     p.add_argument("--out", default="runs/benchmark")
@@ -155,7 +158,8 @@ def run_grid(args: argparse.Namespace) -> None:
             for n in (sizes if sized or args.sized_all else [None]):
                 for seed in seeds:
                     for mode, w, inj in modes:
-                        run = out / "runs" / student / target / f"n{n or 'all'}" / mode / f"seed{seed}"
+                        run = (out / "runs" / student / target / f"n{n or 'all'}" / (mode + args.mode_suffix)
+                               / f"seed{seed}")
                         if (run / "summary.json").exists():
                             continue
                         is_init = mode.startswith("init-")
@@ -171,7 +175,7 @@ def run_grid(args: argparse.Namespace) -> None:
                         t0 = time.perf_counter()
                         # a run interrupted earlier continues from its last epoch (same config, or one clear error)
                         s = train_student(cfg, datasets[fname], run, resume=(run / "last.pt").exists())
-                        print(f"{student:12s} {target:26s} n={s['n_train']:<5d} seed={seed} {mode:14s} "
+                        print(f"{student:12s} {target:26s} n={s['n_train']:<5d} seed={seed} {mode + args.mode_suffix:14s} "
                               f"val {s['val_mae']:.4f} test {s['test_mae']:.4f} (epoch {s['best_epoch']}) "
                               f"{time.perf_counter() - t0:.0f} s", flush=True)
                     for head in heads:

@@ -441,6 +441,35 @@ def holdout_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
 # the whole probe
 
 
+def _probe_rows(target: str, graph_features: dict[str, np.ndarray], y: np.ndarray, lab_idx: np.ndarray,
+                starts: Sequence[int], ks: Sequence[int], seed: int, test_fraction: float, composition: np.ndarray,
+                twin_features, n_untrained: int) -> tuple[dict[str, Any], bool | None]:
+    """The ridge probes of :func:`probe_teacher` and :func:`probe_plugin`: ``(probe, beats_untrained)``.
+
+    ``graph_features`` maps ``teacher``/``untrained`` to per-structure features of every structure
+    (layer ``ks[k]`` in columns ``starts[k]:starts[k + 1]``); ``composition`` are the composition
+    features of the labelled structures; ``twin_features(s)`` gives twin ``s``'s features of the
+    labelled structures (twins ``seed, seed + 1, …``; the first is ``graph_features["untrained"]``).
+    """
+    fit, test = holdout_split(len(lab_idx), test_fraction, seed)
+    rows: dict[str, dict[str, float]] = {}
+    per_layer: dict[str, list[dict[str, float]]] = {}
+    for name, feats in graph_features.items():
+        x = feats[lab_idx]
+        rows[name] = ridge_probe(x, y, fit, test, seed)
+        per_layer[name] = [{"layer": int(layer), **ridge_probe(x[:, starts[k]:starts[k + 1]], y, fit, test, seed)}
+                           for k, layer in enumerate(ks)] if len(ks) > 1 else []
+    rows["composition"] = ridge_probe(composition, y, fit, test, seed)
+    rows["mean"] = mean_baseline(y, fit, test)
+    twins = []
+    for s in [seed + k for k in range(max(0, n_untrained))]:
+        row = rows["untrained"] if s == seed else ridge_probe(twin_features(s), y, fit, test, seed)
+        twins.append({"seed": s, "mae": row["mae"], "r2": row["r2"], "alpha": row["alpha"]})
+    probe = {"target": target, "n_labelled": int(len(lab_idx)), "n_fit": int(len(fit)), "n_test": int(len(test)),
+             "test_fraction": test_fraction, "rows": rows, "untrained_twins": twins, "per_layer": per_layer}
+    return probe, (bool(all(rows["teacher"]["mae"] < t["mae"] for t in twins)) if twins else None)
+
+
 def probe_teacher(
     teacher: Teacher,
     data: DataLike,
@@ -514,7 +543,6 @@ def probe_teacher(
         embedding[name] = layer_statistics(emb["node"], z_stat, ks, width, n_pairs, seed)
         graph_features[name] = emb["graph"]
         log.debug("probe: %s embedded in %.1f s", name, time.perf_counter() - t0)
-    twin_seeds = [seed + k for k in range(max(0, n_untrained))]
 
     result: dict[str, Any] = {
         "teacher": teacher.path, "fingerprint": teacher.fingerprint, "encoder": teacher.encoder.config.to_dict(),
@@ -523,31 +551,11 @@ def probe_teacher(
         "n_skipped": len(graphs.problems), "embedding": embedding, "probe": None, "beats_untrained": None,
     }
     if target is not None:
-        fit, test = holdout_split(len(lab_idx), test_fraction, seed)
-        rows: dict[str, dict[str, float]] = {}
-        per_layer: dict[str, list[dict[str, float]]] = {}
-        for name, feats in graph_features.items():
-            x = feats[lab_idx]
-            rows[name] = ridge_probe(x, y, fit, test, seed)
-            per_layer[name] = [{"layer": int(layer), **ridge_probe(x[:, k * width:(k + 1) * width], y, fit, test, seed)}
-                               for k, layer in enumerate(ks)] if len(ks) > 1 else []
-        rows["composition"] = ridge_probe(composition_features([numbers[i] for i in lab_idx],
-                                                               teacher.graph_settings.atom_features), y, fit, test, seed)
-        rows["mean"] = mean_baseline(y, fit, test)
-        twins = []
-        for s in twin_seeds:
-            if s == seed:
-                row = rows["untrained"]
-            else:
-                x = structure_embeddings(untrained_twin(teacher, s), graphs, ks, indices=lab_idx.tolist(),
-                                         cache_dir=cache_dir)["graph"]
-                row = ridge_probe(x, y, fit, test, seed)
-            twins.append({"seed": s, "mae": row["mae"], "r2": row["r2"], "alpha": row["alpha"]})
-        result["probe"] = {"target": target, "n_labelled": int(len(lab_idx)), "n_fit": int(len(fit)),
-                           "n_test": int(len(test)), "test_fraction": test_fraction, "rows": rows,
-                           "untrained_twins": twins, "per_layer": per_layer}
-        if twins:
-            result["beats_untrained"] = bool(all(rows["teacher"]["mae"] < t["mae"] for t in twins))
+        result["probe"], result["beats_untrained"] = _probe_rows(
+            target, graph_features, y, lab_idx, [k * width for k in range(len(ks) + 1)], ks, seed, test_fraction,
+            composition_features([numbers[i] for i in lab_idx], teacher.graph_settings.atom_features),
+            lambda s: structure_embeddings(untrained_twin(teacher, s), graphs, ks, indices=lab_idx.tolist(),
+                                           cache_dir=cache_dir)["graph"], n_untrained)
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -626,28 +634,10 @@ def probe_plugin(
         "teacher_leaks_target": bool(target is not None and leaks(teacher.training, target)),
     }
     if target is not None:
-        fit, test = holdout_split(len(lab_idx), test_fraction, seed)
-        rows: dict[str, dict[str, float]] = {}
-        per_layer: dict[str, list[dict[str, float]]] = {}
-        for name, feats in graph_features.items():
-            x = feats[lab_idx]
-            rows[name] = ridge_probe(x, y, fit, test, seed)
-            per_layer[name] = [{"layer": int(layer), **ridge_probe(x[:, starts[k]:starts[k + 1]], y, fit, test, seed)}
-                               for k, layer in enumerate(ks)] if len(ks) > 1 else []
-        rows["composition"] = ridge_probe(composition_features([numbers[i] for i in lab_idx]), y, fit, test, seed)
-        rows["mean"] = mean_baseline(y, fit, test)
-        twins = []
-        for s in [seed + k for k in range(max(0, n_untrained))]:
-            if s == seed:
-                row = rows["untrained"]
-            else:
-                row = ridge_probe(features(teacher.random_twin(s))[0][lab_idx], y, fit, test, seed)
-            twins.append({"seed": s, "mae": row["mae"], "r2": row["r2"], "alpha": row["alpha"]})
-        result["probe"] = {"target": target, "n_labelled": int(len(lab_idx)), "n_fit": int(len(fit)),
-                           "n_test": int(len(test)), "test_fraction": test_fraction, "rows": rows,
-                           "untrained_twins": twins, "per_layer": per_layer}
-        if twins:
-            result["beats_untrained"] = bool(all(rows["teacher"]["mae"] < t["mae"] for t in twins))
+        result["probe"], result["beats_untrained"] = _probe_rows(
+            target, graph_features, y, lab_idx, starts, ks, seed, test_fraction,
+            composition_features([numbers[i] for i in lab_idx]),
+            lambda s: features(teacher.random_twin(s))[0][lab_idx], n_untrained)
     result["seconds"] = time.perf_counter() - t0
     return result
 
