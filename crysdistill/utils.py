@@ -95,6 +95,49 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return obj
 
 
+def cosine_schedule(optimizer, total_steps: int, floor: float = 0.01):
+    """A ``LambdaLR`` that decays every learning rate from its value to ``floor`` × it by a cosine
+    over ``total_steps`` optimiser steps, flat after that."""
+    import math
+
+    import torch
+
+    total = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+
+def restore_run(last_path: str | os.PathLike, config: dict, modules: dict, optimizer, scheduler) -> dict:
+    """Load an interrupted run's ``last.pt`` into its modules, optimiser, scheduler and torch RNG.
+
+    Args:
+        last_path: the run's ``last.pt``.
+        config: the config of the run being resumed (``to_dict`` form, with ``epochs``): it must
+            equal the stored one except for ``epochs``, which may grow.
+        modules: ``{key in the checkpoint: module}`` to load (e.g. ``{"state_dict": model}``).
+
+    Returns:
+        The checkpoint's dict (``epoch``, best-so-far values, ``seconds``, …).
+
+    Raises:
+        UserError: the run was started with another config.
+    """
+    import torch
+
+    from crysdistill.errors import UserError
+
+    state = load_checkpoint(last_path)
+    if {**state.get("config", {}), "epochs": config.get("epochs")} != config:
+        raise UserError(f"{last_path}: the run was started with another config; resume with the same arguments "
+                        "(only --epochs may grow) or start a new --out folder")
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
 def progress_bar(total: int, desc: str):
     """A tqdm bar on a terminal, otherwise ``None``."""
     if not sys.stderr.isatty():

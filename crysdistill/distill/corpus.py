@@ -158,8 +158,10 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
         atomic_save,
         atomic_write_text,
         build_progress,
+        cosine_schedule,
         load_checkpoint,
         resolve_device,
+        restore_run,
         seed_everything,
     )
 
@@ -204,8 +206,7 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     total = max(1, cfg.epochs * steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = cosine_schedule(opt, total)
     teacher_fp = teacher.weights_fingerprint()
 
     def batches(idx):
@@ -225,15 +226,7 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
     fields = ["epoch", "lr", "train_loss", "val_loss"] + [f"val_ev_L{k}" for k in ks] + ["seconds"]
     start, best, best_epoch, elapsed = 0, float("inf"), -1, 0.0
     if resume:
-        state = load_checkpoint(last_path)
-        if {**state.get("config", {}), "epochs": cfg.epochs} != to_dict(cfg):
-            raise UserError(f"{last_path}: the run was started with another config; resume with the same "
-                            "arguments (only --epochs may grow) or start a new --out folder")
-        adapter.load_state_dict(state["state_dict"])
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        state = restore_run(last_path, to_dict(cfg), {"state_dict": adapter, "head": head}, opt, sched)
         start, best, best_epoch, elapsed = state["epoch"] + 1, state["best"], state["best_epoch"], state["seconds"]
         log.info("resuming %s at epoch %d", out, start + 1)
     else:

@@ -129,7 +129,15 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
     from crysdistill.train.config import TrainConfig
     from crysdistill.train.predict import write_predictions
     from crysdistill.train.trainer import _mae, _masked_loss, prepare
-    from crysdistill.utils import atomic_save, atomic_write_text, load_checkpoint, resolve_device, seed_everything
+    from crysdistill.utils import (
+        atomic_save,
+        atomic_write_text,
+        cosine_schedule,
+        load_checkpoint,
+        resolve_device,
+        restore_run,
+        seed_everything,
+    )
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -181,22 +189,14 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
                             weight_decay=cfg.weight_decay)
     steps = max(1, math.ceil(len(splits["train"]) / cfg.batch_size))
     total = max(1, cfg.epochs * steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = cosine_schedule(opt, total)
     y_norm = torch.tensor(norm.encode(prep.y), dtype=torch.float32)
 
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out / "last.pt", out / "teacher.pt", out / "metrics.csv"
     start, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
     if resume:
-        state = load_checkpoint(last_path)
-        if {**state.get("config", {}), "epochs": cfg.epochs} != to_dict(cfg):
-            raise UserError(f"{last_path}: the run was started with another config; resume with the same arguments "
-                            "(only --epochs may grow) or start a new --out folder")
-        module.load_state_dict(state["state_dict"])
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        state = restore_run(last_path, to_dict(cfg), {"state_dict": module, "head": head}, opt, sched)
         start, best_val, best_epoch, elapsed = state["epoch"] + 1, state["best_val"], state["best_epoch"], state["seconds"]
         log.info("resuming %s at epoch %d (best val MAE %.4g at epoch %d)", out, start + 1, best_val, best_epoch)
     else:

@@ -38,8 +38,9 @@ from crysdistill.utils import (
     atomic_save,
     atomic_write_text,
     build_progress,
-    load_checkpoint,
+    cosine_schedule,
     resolve_device,
+    restore_run,
     seed_everything,
 )
 
@@ -212,8 +213,7 @@ def _make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
     o = cfg.optim
     total = max(1, cfg.epochs * steps_per_epoch)
     if o.scheduler == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return cosine_schedule(opt, total)
     if o.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total)
     if o.scheduler == "step":
@@ -268,18 +268,11 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
     if resume and last_path.exists():
-        state = load_checkpoint(last_path)
-        if {**state.get("config", {}), "epochs": cfg.epochs} != to_dict(cfg):  # extending epochs is allowed
-            raise UserError(f"{last_path}: the run was started with another config; resume with the same "
-                            "arguments or start a new --out folder")
-        adapter.load_state_dict(state["state_dict"])
-        if distill is not None:
-            distill.load_state_dict(state["distill_state"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        state = restore_run(last_path, to_dict(cfg), {"state_dict": adapter, **({"distill_state": distill}
+                                                                                 if distill is not None else {})},
+                            opt, sched)
         start_epoch, best_val, best_epoch, elapsed = (state["epoch"] + 1, state["best_val"], state["best_epoch"],
                                                       state["seconds"])
-        torch.set_rng_state(state["torch_rng"])
         before = elapsed
         log.info("resuming %s at epoch %d (best val MAE %.4g at epoch %d)", out, start_epoch + 1, best_val, best_epoch)
     elif metrics_path.exists():
