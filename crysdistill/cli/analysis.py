@@ -13,7 +13,7 @@ import json
 import math
 import time
 
-from crysdistill.cli.common import add_data_args, report_problems, resolve_data
+from crysdistill.cli.common import add_data_args, data_of, report_problems, resolve_data
 
 
 def _nan_to_none(obj):
@@ -184,11 +184,7 @@ def cmd_head(args: argparse.Namespace) -> int:
                       train_size=args.train_size, val_size=args.val_size, test_size=args.test_size, seed=args.seed,
                       split_seed=args.split_seed, on_error=args.on_error, cache_dir=args.cache_dir,
                       workers=args.workers, device="cpu", target_transform=args.target_transform)
-    data = resolve_data(args.data)
-    if args.limit is not None:
-        from crysdistill.data.readers import read_dataset
-
-        data = read_dataset(data, on_error=args.on_error, limit=args.limit)
+    data = data_of(args, args.on_error)
     res = run_head(cfg, data, features=args.features, layers=parse_layers(args.layers),
                    output=args.output, out_dir=args.out)
     print(json.dumps(_nan_to_none(res.to_dict()), indent=1) if args.json else format_head(res))

@@ -25,6 +25,28 @@ def resolve_data(path: str) -> str:
     return str(sample_path(path)) if path in SAMPLES else path
 
 
+def data_of(args: argparse.Namespace, on_error: str):
+    """What ``--data`` (and ``--limit``) name: a path, or the :class:`Dataset` of the first ``--limit`` records."""
+    data = resolve_data(args.data)
+    if getattr(args, "limit", None) is None:
+        return data
+    from crysdistill.data.readers import read_dataset
+
+    return read_dataset(data, on_error=on_error, limit=args.limit)
+
+
+def print_run(what: str, summary: dict, out) -> None:
+    """The closing line of a training command: what was trained, validation and test MAE, sizes, time."""
+    import sys
+
+    if summary.get("n_skipped"):
+        print(f"{summary['n_skipped']} structure(s) skipped (see --on-error)", file=sys.stderr)
+    test = "n/a" if summary["test_mae"] is None else f"{summary['test_mae']:.4g}"
+    print(f"{what}: val MAE {summary['val_mae']:.4g} (epoch {summary['best_epoch']}), test MAE {test}  "
+          f"[n_train {summary['n_train']}, n_val {summary['n_val']}, n_test {summary['n_test']}; "
+          f"{summary['seconds']:.0f} s] -> {out}")
+
+
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--data``, ``--on-error``, ``--cache-dir``, ``--workers``, ``--limit``."""
     p.add_argument("--data", required=required, metavar="PATH",

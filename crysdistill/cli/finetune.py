@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from crysdistill.cli.common import add_data_args, resolve_data
+from crysdistill.cli.common import add_data_args, data_of, print_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,18 +49,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
              "on_error": args.on_error if args.on_error != "raise" else None}
     cfg = load_config(FinetuneConfig, args.config, args.overrides,
                       extra={k: v for k, v in flags.items() if v is not None})
-    data = resolve_data(args.data)
-    if args.limit is not None:
-        from crysdistill.data.readers import read_dataset
-
-        data = read_dataset(data, on_error=cfg.on_error, limit=args.limit)
+    data = data_of(args, cfg.on_error)
     s = finetune(cfg, data, args.out, resume=args.resume)
-    if s["n_skipped"]:
-        print(f"{s['n_skipped']} structure(s) skipped (see --on-error)", file=sys.stderr)
-    test = "n/a" if s["test_mae"] is None else f"{s['test_mae']:.4g}"
-    print(f"{s['teacher']} fine-tuned on {', '.join(s['targets'])}: val MAE {s['val_mae']:.4g} (epoch "
-          f"{s['best_epoch']}), test MAE {test}  [n_train {s['n_train']}, n_val {s['n_val']}, n_test {s['n_test']}; "
-          f"{s['seconds']:.0f} s] -> {args.out}/teacher.pt")
+    print_run(f"{s['teacher']} fine-tuned on {', '.join(s['targets'])}", s, f"{args.out}/teacher.pt")
     print(f"next: crysdistill predict --checkpoint {args.out}/teacher.pt --data … -o pred.csv, or use it as "
           f"--teacher {args.out}/teacher.pt")
     return 0

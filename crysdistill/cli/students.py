@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from crysdistill.cli.common import add_data_args, report_problems, resolve_data
+from crysdistill.cli.common import add_data_args, data_of, print_run, report_problems, resolve_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -118,14 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if pseudo:
         extra["pseudo"] = pseudo
     cfg = load_config(TrainConfig, args.config, args.overrides, extra=extra)
-    data = resolve_data(args.data)
-    if args.limit is not None:
-        from crysdistill.data.readers import read_dataset
-
-        data = read_dataset(data, on_error=cfg.on_error, limit=args.limit)
+    data = data_of(args, cfg.on_error)
     summary = train_student(cfg, data, args.out, resume=args.resume)
-    if summary["n_skipped"]:
-        print(f"{summary['n_skipped']} structure(s) skipped (see --on-error)", file=sys.stderr)
     mode = "vanilla"
     inject = summary["inject_layers"]
     if summary["teacher"] and cfg.distill.inject_layers and not inject:
@@ -146,10 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         by = "its own head" if ps.get("head") == "own (fine-tuned)" else "head"
         what = f"on {ps['n_labelled']} structures labelled by {ps['teacher']} + {by} (weight {ps['weight']:g})"
         mode = what if mode == "vanilla" else f"{mode}, {what}"
-    test = "n/a" if summary["test_mae"] is None else f"{summary['test_mae']:.4g}"
-    print(f"{summary['student']} {mode}: val MAE {summary['val_mae']:.4g} (epoch {summary['best_epoch']}), "
-          f"test MAE {test}  [n_train {summary['n_train']}, n_val {summary['n_val']}, n_test {summary['n_test']}; "
-          f"{summary['seconds']:.0f} s] -> {args.out}")
+    print_run(f"{summary['student']} {mode}", summary, args.out)
     return 0
 
 
