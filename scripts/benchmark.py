@@ -77,7 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also run students started from this distilled encoder (train --init NAME): mode init-NAME")
     p.add_argument("--pseudo", default=None, metavar="TEACHER",
                    help="also run students trained on a corpus labelled by this teacher + a head fitted on each run's "
-                        "training split (train --pseudo-teacher): mode pseudo-TEACHER")
+                        "training split (train --pseudo-teacher): mode pseudo-TEACHER. A pattern with {out}, "
+                        "{student}, {target}, {n} and {seed} names a teacher per cell, e.g. the one --finetune made: "
+                        "'{out}/runs/{student}/{target}/n{n}/finetune-chgnet/seed{seed}/teacher.pt' (mode "
+                        "pseudo-finetuned-chgnet, with --finetune chgnet)")
     p.add_argument("--pseudo-data", default=None, metavar="PATH",
                    help="the unlabelled corpus for --pseudo (default: DATA_DIR/pretrain_unlabelled.jsonl.gz)")
     p.add_argument("--heads", default="", metavar="LIST",
@@ -139,7 +142,10 @@ def run_grid(args: argparse.Namespace) -> None:
     if args.init:
         modes.append((f"init-{args.init.replace('/', '_')}", 0.0, []))
     if args.pseudo:
-        modes.append((f"pseudo-{args.pseudo.replace(':', '_').replace('/', '_')}", 0.0, []))
+        # a per-cell labeller (the teacher fine-tuned on that cell's split and seed) is named by a pattern
+        tag = (f"finetuned-{args.finetune.split(',')[0] or 'teacher'}" if "{" in args.pseudo
+               else args.pseudo.replace(':', '_').replace('/', '_'))
+        modes.append((f"pseudo-{tag}", 0.0, []))
     pseudo_data = args.pseudo_data or os.path.join(args.data_dir, "pretrain_unlabelled.jsonl.gz")
     heads = [h for h in args.heads.split(",") if h]
     tunes = [t for t in args.finetune.split(",") if t]
@@ -168,7 +174,9 @@ def run_grid(args: argparse.Namespace) -> None:
                                  "test_size": test, "seed": seed, "split_seed": SPLIT_SEED, "epochs": args.epochs,
                                  "teacher": args.teacher if mode != "vanilla" and not (is_init or is_pseudo) else None,
                                  "init": args.init if is_init else None,
-                                 "pseudo": {"teacher": args.pseudo, "data": pseudo_data} if is_pseudo else {},
+                                 "pseudo": {"teacher": args.pseudo.format(out=out, student=student, target=target,
+                                                                          n=n or "all", seed=seed),
+                                            "data": pseudo_data} if is_pseudo else {},
                                  "distill": {"node_weight": w, "teacher_layers": layers, "inject_layers": inj}}
                         cfg = load_config(TrainConfig, cfg_file if cfg_file.exists() else None, args.override,
                                           extra=extra)
