@@ -129,3 +129,50 @@ def test_shipped_pre_distilled_students_are_listed_and_start_a_student(capsys):
         assert min(float(v) for v in d["val_explained_variance"].values()) > 0.5
         info = init_from(build_student(ckpt["student"]["name"], ckpt["student"]["config"]), name)
         assert info["loaded"] == len(ckpt["trained_keys"])
+
+
+def test_corpus_term_keeps_the_encoder_on_the_teacher(distilled, tmp_path, capsys):
+    """corpus.weight > 0: the distillation loss on corpus structures outside the splits stays on while training."""
+    from crysdistill.data.cache import structure_key
+    from crysdistill.data.readers import read_dataset
+    from crysdistill.utils import load_checkpoint
+
+    common = ["train", "--student", "cgcnn", "--init", str(distilled / "student.pt"), "--data", "sample",
+              "--target", "formation_energy_per_atom", "--train-size", "60", "--val-size", "20", "--test-size", "20",
+              "--epochs", "2", *SMALL]
+    out = tmp_path / "ct"
+    assert main([*common, "--out", str(out), "corpus.weight=0.5", "corpus.max_structures=50"]) == 0
+    assert "still matching chgnet on 50 corpus structures (weight 0.5)" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    c = s["corpus"]
+    assert c["teacher"] == "chgnet" and c["teacher_layers"] == [0, 2, 4] and c["n_structures"] == 50
+    assert c["n_excluded_in_splits"] == 100  # the corpus is the run's own file: its 100 split structures are left out
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert all(0 < float(r["train_corpus_loss"]) < 2 for r in rows)
+    # the corpus term's maps resume with the run; the student still predicts with no teacher
+    assert load_checkpoint(out / "last.pt")["corpus_head"]
+    assert main([*common, "--epochs", "3", "--out", str(out), "corpus.weight=0.5", "corpus.max_structures=50",
+                 "--resume"]) == 0
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 3
+    # none of the corpus structures used is in the run's splits (by content)
+    from crysdistill.cli.common import sample_path
+    from crysdistill.config import load_config
+    from crysdistill.train.config import TrainConfig
+    from crysdistill.train.trainer import prepare
+
+    ds = read_dataset(sample_path("sample"))
+    cfg = load_config(TrainConfig, None, ["model.width=16", "model.layers=2", "corpus.weight=1",
+                                          "corpus.max_structures=0"],
+                      extra={"student": "cgcnn", "targets": ["formation_energy_per_atom"], "train_size": 60,
+                             "val_size": 20, "test_size": 20, "init": str(distilled / "student.pt"), "workers": 1})
+    prep = prepare(cfg, ds)
+    by_id = {r.id: r for r in ds.records}
+    in_splits = {structure_key(by_id[prep.graphs.ids[i]].structure) for v in prep.splits.values() for i in v}
+    used = {structure_key(by_id[i].structure) for i in prep.corpus.graphs.ids}
+    assert len(in_splits) == 100 and not used & in_splits and len(used) == len(ds) - 100
+    # without --init there is nothing to keep distilling: one line
+    capsys.readouterr()
+    assert main(["train", "--student", "cgcnn", "--data", "sample", "--target", "formation_energy_per_atom",
+                 "--epochs", "1", "--out", str(tmp_path / "x"), "corpus.weight=1", *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "corpus.weight needs --init" in err

@@ -140,6 +140,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         by = "its own head" if ps.get("head") == "own (fine-tuned)" else "head"
         what = f"on {ps['n_labelled']} structures labelled by {ps['teacher']} + {by} (weight {ps['weight']:g})"
         mode = what if mode == "vanilla" else f"{mode}, {what}"
+    if summary.get("corpus"):
+        c = summary["corpus"]
+        mode += f", still matching {c['teacher']} on {c['n_structures']} corpus structures (weight {c['weight']:g})"
     print_run(f"{summary['student']} {mode}", summary, args.out)
     return 0
 

@@ -82,6 +82,30 @@ class PseudoConfig:
 
 
 @dataclass
+class CorpusTermConfig:
+    """Encoder distillation kept on while a student started from a distilled encoder (``init``)
+    trains on labels: off unless ``weight`` > 0.
+
+    Each training step adds a batch of unlabelled corpus structures (none of them in the run's
+    splits) on which the student's atom embeddings must still reproduce the teacher's, through
+    the linear maps the encoder was distilled with, so the labels cannot pull the encoder away
+    from what it learnt from the teacher. Teacher, layers and maps come from the ``init`` file;
+    the teacher's embeddings come from the cache (the student still predicts without it).
+
+    Attributes:
+        weight: weight of the distillation loss on the corpus (0 = off).
+        data: the corpus (default: the one the ``init`` encoder was distilled on, if it is there).
+        max_structures: corpus structures used (a seeded subsample; 0 = all).
+        ratio: corpus structures per labelled structure in each step.
+    """
+
+    weight: float = 0.0
+    data: str | None = None
+    max_structures: int = 10000
+    ratio: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     """Everything that determines a training run (saved as ``config.yaml`` in the run folder).
 
@@ -104,6 +128,7 @@ class TrainConfig:
         optim: optimiser settings.
         distill: distillation settings.
         pseudo: the teacher-labelled corpus (response distillation; off by default).
+        corpus: encoder distillation kept on during training from ``init`` (off by default).
         loss: the property loss on the (transformed, z-normalised) target: ``mse`` (default),
             ``l1`` or ``huber`` (δ = 1 standard deviation); L1 and Huber resist a few extreme labels.
         target_transform: ``none`` (default) or ``log`` (positive targets only: the student learns
@@ -132,6 +157,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    corpus: CorpusTermConfig = field(default_factory=CorpusTermConfig)
     loss: Literal["mse", "l1", "huber"] = "mse"
     target_transform: Literal["none", "log"] = "none"
     on_error: Literal["raise", "skip"] = "raise"

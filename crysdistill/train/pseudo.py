@@ -33,7 +33,7 @@ from crysdistill.errors import ConfigError, UserError
 
 log = logging.getLogger("crysdistill.train")
 
-_CORPORA: dict[str, Dataset] = {}  # a corpus read once per process (benchmarks run many seeds)
+_CORPORA: dict[str, tuple[Dataset, list[str]]] = {}  # a corpus and its structure keys, once per process
 
 
 @dataclass
@@ -45,10 +45,13 @@ class PseudoLabels:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _corpus(path: str) -> Dataset:
+def _corpus(path: str) -> tuple[Dataset, list[str]]:
+    """The corpus at ``path`` and the structure key of each record (read once per process: benchmarks
+    run many seeds)."""
     if path not in _CORPORA:
         _CORPORA.clear()
-        _CORPORA[path] = read_dataset(path, on_error="skip")
+        ds = read_dataset(path, on_error="skip")
+        _CORPORA[path] = (ds, [structure_key(r.structure) for r in ds.records])
     return _CORPORA[path]
 
 
@@ -104,7 +107,9 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
     x[rows] = feats
     fitted = fit_head(x, y, normalizer, {"train": tr, "val": va, "test": np.zeros(0, dtype=np.int64)}, seed=cfg.seed)
     # 2. the corpus: every structure outside the run's splits, a seeded subsample
-    graphs, kept, n_excluded, n_bad = _corpus_graphs(cfg, teacher, records, splits, featurizer, progress)
+    graphs, kept, n_excluded, n_bad = corpus_outside_splits(
+        p.data, p.max_structures, cfg.seed if cfg.split_seed is None else cfg.split_seed, teacher, records, splits,
+        featurizer, cfg.cache_dir, cfg.workers, progress)
     xc = structure_features(teacher, kept, ks, cache_dir=cfg.cache_dir, workers=cfg.workers, progress=progress)
     labels = normalizer.decode(apply_head(fitted["head"], fitted["mean"], fitted["std"], xc))
     info = {"teacher": teacher.spec, "teacher_fingerprint": teacher.fingerprint,
@@ -121,29 +126,33 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
     return PseudoLabels(graphs, np.asarray(labels, dtype=np.float64).reshape(len(graphs), -1), info)
 
 
-def _corpus_graphs(cfg, teacher, records, splits, featurizer, progress):
-    """The corpus structures to label: outside the run's splits (by content), a seeded subsample of
-    ``pseudo.max_structures``, that the teacher can embed and the student can represent.
+def corpus_outside_splits(data: str, max_structures: int, seed: int, teacher, records: list[Record],
+                          splits: dict[str, np.ndarray], featurizer, cache_dir=None, workers: int = 1, progress=None):
+    """The corpus structures a run may use: outside its splits (matched by content, not id), a
+    subsample of ``max_structures`` (seeded by ``seed``; 0 = all), that the teacher can embed and
+    the student can represent (the rest skipped).
 
-    Returns ``(graphs, records aligned with graphs, structures excluded as in the splits, structures
-    the teacher cannot embed)``.
+    Returns:
+        ``(graphs, records aligned with graphs, structures excluded as in the splits, structures
+        the teacher cannot embed)``.
+
+    Raises:
+        UserError: no structure left.
     """
     from crysdistill.distill.cache import check_records
 
-    p = cfg.pseudo
-    corpus = _corpus(p.data)
+    corpus, keys = _corpus(data)
     in_splits = {structure_key(records[i].structure) for v in splits.values() for i in v}
-    cands = [r for r in corpus.records if structure_key(r.structure) not in in_splits]
+    cands = [r for r, k in zip(corpus.records, keys) if k not in in_splits]
     n_excluded = len(corpus.records) - len(cands)
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    if p.max_structures and len(cands) > p.max_structures:
-        pick = np.sort(np.random.default_rng(split_seed).choice(len(cands), p.max_structures, replace=False))
+    if max_structures and len(cands) > max_structures:
+        pick = np.sort(np.random.default_rng(seed).choice(len(cands), max_structures, replace=False))
         cands = [cands[i] for i in pick]
     cands, bad = check_records(teacher, cands, on_error="skip")
-    graphs = build_graphs(cands, featurizer, cache_dir=cfg.cache_dir, workers=cfg.workers, on_error="skip",
+    graphs = build_graphs(cands, featurizer, cache_dir=cache_dir, workers=workers, on_error="skip",
                           progress=progress)
     if len(graphs) == 0:
-        raise UserError(f"{p.data}: no corpus structure is left outside this run's splits for the teacher to label")
+        raise UserError(f"{data}: no corpus structure is left outside this run's splits for the teacher")
     by_id = {r.id: r for r in cands}
     return graphs, [by_id[i] for i in graphs.ids], n_excluded, len(bad)
 
@@ -155,7 +164,9 @@ def _own_labels(cfg, teacher, records, splits, featurizer, progress, t0: float) 
     from crysdistill.train.finetune import own_predictions
 
     p, ckpt = cfg.pseudo, teacher.ckpt
-    graphs, kept, n_excluded, n_bad = _corpus_graphs(cfg, teacher, records, splits, featurizer, progress)
+    graphs, kept, n_excluded, n_bad = corpus_outside_splits(
+        p.data, p.max_structures, cfg.seed if cfg.split_seed is None else cfg.split_seed, teacher, records, splits,
+        featurizer, cfg.cache_dir, cfg.workers, progress)
     pred = own_predictions(teacher, [r.structure for r in kept], progress=progress)
     cols = [list(ckpt["targets"]).index(t) for t in cfg.targets]
     labels = np.asarray(pred, dtype=np.float64)[:, cols].reshape(len(graphs), -1)

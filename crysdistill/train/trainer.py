@@ -32,6 +32,7 @@ from crysdistill.students.base import StudentAdapter
 from crysdistill.students.checkpoint import save_student
 from crysdistill.students.registry import build_student, get_student
 from crysdistill.train.config import TrainConfig
+from crysdistill.train.corpus_term import CorpusTerm
 from crysdistill.train.pseudo import PseudoLabels
 from crysdistill.train.splits import Normalizer, make_splits
 from crysdistill.utils import (
@@ -47,7 +48,7 @@ from crysdistill.utils import (
 log = logging.getLogger("crysdistill.train")
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_property_loss", "train_distill_node", "train_distill_graph",
-                 "train_mae", "val_mae", "seconds", "train_pseudo_loss"]
+                 "train_mae", "val_mae", "seconds", "train_pseudo_loss", "train_corpus_loss"]
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Prepared:
     n_missing_labels: int
     featurizer_fingerprint: str
     pseudo: PseudoLabels | None = None  # the teacher-labelled corpus (TrainConfig.pseudo)
+    corpus: CorpusTerm | None = None  # encoder distillation kept on (TrainConfig.corpus)
 
 
 def _progress(desc: str):
@@ -166,8 +168,15 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
         by_id = {r.id: r for r in records}
         pseudo = teacher_labels(cfg, [by_id[i] for i in graphs.ids], splits, y, normalizer, student.featurizer(),
                                 device=str(resolve_device(cfg.device)), progress=_progress("teacher-labelled corpus"))
+    corpus = None
+    if cfg.corpus.weight:
+        from crysdistill.train.corpus_term import corpus_term
+
+        by_id = {r.id: r for r in records}
+        corpus = corpus_term(cfg, [by_id[i] for i in graphs.ids], splits, student.featurizer(),
+                             device=str(resolve_device(cfg.device)), progress=_progress("corpus term"))
     return Prepared(graphs, y, splits, normalizer, teacher, embeddings, injected, problems, n_missing,
-                    student.featurizer().fingerprint(), pseudo)
+                    student.featurizer().fingerprint(), pseudo, corpus)
 
 
 def _masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -251,6 +260,16 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
         if not cfg.distill.node_weight and not cfg.distill.graph_weight:
             distill = None  # weight 0: the vanilla run (the safeguard's first grid point)
     params = list(adapter.parameters()) + (list(distill.parameters()) if distill is not None else [])
+    corpus = prep.corpus
+    if corpus is not None:  # each step adds a batch of corpus structures the encoder must still match the teacher on
+        from crysdistill.distill.corpus import LayerRegression
+        from crysdistill.distill.losses import matched_teacher_nodes
+
+        corpus_head = LayerRegression(adapter.embedding_dim, corpus.widths, corpus.head_state["variances"])
+        corpus_head.load_state_dict(corpus.head_state)
+        corpus_head = corpus_head.to(device)
+        params += list(corpus_head.parameters())
+        corpus_bs = max(1, int(round(cfg.batch_size * cfg.corpus.ratio)))
     opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     train_idx = prep.splits["train"]
@@ -268,8 +287,9 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
     if resume and last_path.exists():
-        state = restore_run(last_path, to_dict(cfg), {"state_dict": adapter, **({"distill_state": distill}
-                                                                                 if distill is not None else {})},
+        state = restore_run(last_path, to_dict(cfg), {"state_dict": adapter,
+                                                      **({"distill_state": distill} if distill is not None else {}),
+                                                      **({"corpus_head": corpus_head} if corpus is not None else {})},
                             opt, sched)
         start_epoch, best_val, best_epoch, elapsed = (state["epoch"] + 1, state["best_val"], state["best_epoch"],
                                                       state["seconds"])
@@ -289,11 +309,15 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
             distill.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        sums = {"loss": 0.0, "prop": 0.0, "node": 0.0, "graph": 0.0, "pseudo": 0.0}
+        sums = {"loss": 0.0, "prop": 0.0, "node": 0.0, "graph": 0.0, "pseudo": 0.0, "corpus": 0.0}
         if pseudo is not None:  # a fresh order of the corpus each epoch, cycled if the epoch needs more
             n_need = steps * pseudo_bs
             p_order = torch.cat([torch.randperm(len(pseudo.graphs), generator=gen)
                                  for _ in range(math.ceil(n_need / len(pseudo.graphs)))]).numpy()
+        if corpus is not None:
+            corpus_head.train()
+            c_order = torch.cat([torch.randperm(len(corpus.graphs), generator=gen)
+                                 for _ in range(math.ceil(steps * corpus_bs / len(corpus.graphs)))]).numpy()
         train_pred, train_true = [], []
         bar = None
         if use_bar:
@@ -321,6 +345,14 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
                                   cfg.loss)
                 loss = loss + cfg.pseudo.weight * pl
                 sums["pseudo"] += pl.item() * len(idx)
+            if corpus is not None:
+                k = s // cfg.batch_size * corpus_bs
+                cidx = c_order[k:k + corpus_bs].tolist()
+                co = adapter(adapter.to_device(adapter.collate([corpus.graphs[i] for i in cidx]), device))
+                cl = corpus_head(co.node_embedding,
+                                 matched_teacher_nodes(co, corpus.embeddings.targets(cidx).to(device))).mean()
+                loss = loss + cfg.corpus.weight * cl
+                sums["corpus"] += cl.item() * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -350,18 +382,20 @@ def fit(cfg: TrainConfig, prep: Prepared, out: Path, resume: bool = False) -> di
             save_student(adapter, best_path, **_run_extras(cfg, prep, epoch + 1, val_mae),
                          init_distillation=(init or {}).get("distillation"))
         row = [epoch + 1, opt.param_groups[0]["lr"], sums["loss"] / n, sums["prop"] / n, sums["node"] / n,
-               sums["graph"] / n, train_mae, val_mae, round(time.perf_counter() - t0, 3), sums["pseudo"] / n]
+               sums["graph"] / n, train_mae, val_mae, round(time.perf_counter() - t0, 3), sums["pseudo"] / n,
+               sums["corpus"] / n]
         with open(metrics_path, "a", newline="") as fh:
             csv.writer(fh).writerow(row)
         atomic_save({
             "kind": "crysdistill-train-state", "config": to_dict(cfg), "epoch": epoch,
             "state_dict": adapter.state_dict(),
             "distill_state": distill.state_dict() if distill is not None else {},
+            "corpus_head": corpus_head.state_dict() if corpus is not None else {},
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best_val": best_val,
             "best_epoch": best_epoch, "seconds": elapsed, "torch_rng": torch.get_rng_state(),
         }, last_path)
         log.info("epoch %d/%d  loss %.4f  train MAE %.4g  val MAE %.4g%s  %.1f s", epoch + 1, cfg.epochs,
-                 sums["loss"] / n, train_mae, val_mae, "  *" if improved else "", row[-1])
+                 sums["loss"] / n, train_mae, val_mae, "  *" if improved else "", row[8])
     if prep.teacher is not None:
         if prep.teacher.weights_fingerprint() != teacher_fp_before:  # the teacher is frozen; this would be a bug
             raise RuntimeError("the teacher's weights or buffers changed during training")
@@ -382,6 +416,7 @@ def _run_extras(cfg: TrainConfig, prep: Prepared, epoch: int, val_mae: float) ->
         "teacher": prep.teacher.describe() if prep.teacher is not None else None,
         "init": cfg.init,
         "pseudo": prep.pseudo.info if prep.pseudo is not None else None,
+        "corpus": prep.corpus.info if prep.corpus is not None else None,
         "train_config": to_dict(cfg),
     }
 
@@ -470,6 +505,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
         "inject_layers": list(cfg.distill.inject_layers) if prep.injected is not None else [],
         "init": cfg.init, "init_distillation": ckpt.get("init_distillation"),
         "pseudo": prep.pseudo.info if prep.pseudo is not None else None,
+        "corpus": prep.corpus.info if prep.corpus is not None else None,
         "seed": cfg.seed, "split_seed": split_seed, "n_train": len(prep.splits["train"]), "n_val": len(prep.splits["val"]),
         "n_test": len(test_idx), "n_skipped": len(prep.problems), "n_missing_labels": prep.n_missing_labels,
         "val_mae": fitres["val_mae"], "best_epoch": fitres["best_epoch"], "epochs": cfg.epochs,
