@@ -31,10 +31,12 @@ def test_finetune_selects_on_validation_and_tests_once(capsys):
     out = finetuned_chgnet()
     summary = json.loads((out / "summary.json").read_text())
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert len(rows) == 2 and summary["best_epoch"] in (1, 2)
+    # epoch 0 is the linear-probe stage (the head fitted on the frozen teacher), a candidate like the others
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"] and float(rows[0]["lr_backbone"]) == 0
+    assert summary["best_epoch"] in (0, 1, 2)
     assert summary["val_mae"] == pytest.approx(min(float(r["val_mae"]) for r in rows))
     assert summary["n_train"] == 60 and summary["n_test"] == 60 and np.isfinite(summary["test_mae"])
-    assert float(rows[0]["lr_backbone"]) < float(rows[0]["lr_head"])
+    assert 0 < float(rows[1]["lr_backbone"]) < float(rows[1]["lr_head"])
     # the split is the one `train` makes with the same sizes and seed
     assert main(["train", "--student", "cgcnn", *ARGS, "--epochs", "1", "--out", str(out.parent / "t")]) == 0
     a, b = json.loads((out / "splits.json").read_text()), json.loads((out.parent / "t" / "splits.json").read_text())
@@ -42,11 +44,15 @@ def test_finetune_selects_on_validation_and_tests_once(capsys):
     # the file records the base teacher and what it was fine-tuned on
     ckpt = torch.load(out / "teacher.pt", weights_only=True)
     assert ckpt["plugin"] == "chgnet" and ckpt["fine_tuned_on"]["targets"] == ["log_kvrh"]
-    # weights changed from the base checkpoint
+    assert ckpt["head_layers"] == [0, 1, 2, 3, 4] and ckpt["epoch"] == summary["best_epoch"]
+    # fine-tuning changed the backbone's weights (the file holds the selected epoch's: the base ones at epoch 0)
     from crysdistill.teachers.registry import load_teacher
 
     base = load_teacher("chgnet").module.state_dict()
-    assert any(not torch.equal(base[k], v) for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    last = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(base[k], v) for k, v in last.items() if v.is_floating_point())
+    changed = any(not torch.equal(base[k], v) for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    assert changed == (summary["best_epoch"] > 0)
 
 
 def test_finetuned_teacher_predicts_and_is_a_teacher(tmp_path, capsys):
@@ -79,7 +85,7 @@ def test_finetune_resumes_from_its_last_epoch(tmp_path):
     assert main([*args, "--epochs", "1"]) == 0
     assert main([*args, "--epochs", "2", "--resume"]) == 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
 
 
 class TestFineTunedTeacher(TeacherConformance):
@@ -123,3 +129,20 @@ def test_a_finetuned_teacher_labels_a_corpus_with_its_own_head(tmp_path):
     predict_finetuned(out / "teacher.pt", sub, tmp_path / "p.csv")
     pred = {r["id"]: float(r["log_kvrh_prediction"]) for r in csv.DictReader(open(tmp_path / "p.csv"))}
     assert np.allclose(ps.y[:, 0], [pred[i] for i in ps.graphs.ids], atol=1e-4)
+
+
+def test_a_first_format_head_still_loads():
+    """Files of the first format (head on the last layer's mean, no standardisation) predict as before."""
+    from types import SimpleNamespace
+
+    from crysdistill.teachers.base import TeacherOutput
+    from crysdistill.train.finetune import load_head
+
+    torch.manual_seed(0)
+    old = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
+    head = load_head({"format": 1, "targets": ["y"], "head_hidden": 8, "head": old.state_dict()},
+                     SimpleNamespace(layer_widths=[3, 4]))
+    layers = [torch.randn(5, 3), torch.randn(5, 4)]
+    out = TeacherOutput(layers, torch.tensor([0, 2, 5]))
+    want = old(torch.stack([layers[1][:2].mean(0), layers[1][2:].mean(0)]))
+    assert head.layers == [1] and torch.allclose(head(out), want, atol=1e-6)

@@ -1,10 +1,17 @@
 """Fine-tuning a teacher end to end on labels: the accuracy ceiling, and a better teacher to distil.
 
 ``crysdistill finetune --teacher chgnet --data … --target … --out DIR`` trains the teacher's own
-network (its graph builder and every block up to the last layer, as its plugin's
+network (its graph builder and every block, as its plugin's
 :meth:`~crysdistill.teachers.base.TeacherAdapter.forward` runs it) with a new property head on the
-per-structure mean of its last layer's atom embeddings, as MatterTune and the foundation-model
-papers fine-tune (AdamW, a smaller learning rate for the backbone than for the head).
+per-structure mean of its layers' atom embeddings (all layers by default, as ``crysdistill head``
+reads them; ``pool=last`` for the last one only), as MatterTune and the foundation-model papers
+fine-tune (AdamW, a smaller learning rate for the backbone than for the head).
+
+The head is first fitted on the frozen teacher (a *linear probe* stage, ``probe_steps``; LP-FT,
+Kumar et al., ICLR 2022): fine-tuning then starts from a head that already fits, so the first
+gradients do not distort the pretrained features, and that frozen-teacher head is itself the
+epoch-0 candidate of the selection on validation. Measured here (docs/teachers.md), a fresh head
+fine-tuned end to end on 250 labels fell behind the frozen teacher + head.
 
 Splits, seeds, selection on validation and the single test are those of ``crysdistill train``
 with the same sizes and seeds (the same structures, in the same order, split the same way), so a
@@ -38,6 +45,7 @@ log = logging.getLogger("crysdistill.train")
 #: ``kind`` of the fine-tuned teacher file (also read by the ``finetuned`` teacher plugin)
 FINETUNED_KIND = "crysdistill-finetuned-teacher"
 FIELDS = ["epoch", "lr_backbone", "lr_head", "train_loss", "train_mae", "val_mae", "seconds"]
+FORMAT = 2  # 1: head on the last layer's mean, no linear-probe stage
 
 
 @dataclass
@@ -58,6 +66,11 @@ class FinetuneConfig:
         weight_decay: AdamW weight decay.
         freeze_layers: keep the first N layers' blocks frozen (0 = train every block).
         head_hidden: width of the head's hidden layer.
+        pool: ``all`` (default): the head reads the per-structure mean of every layer, concatenated
+            and standardised on the training split; ``last``: of the last layer only.
+        probe_steps: full-batch steps fitting the head on the frozen teacher before fine-tuning
+            (the linear-probe stage, selected on validation, recorded as epoch 0; 0 = start the
+            fine-tuning from a fresh head).
         loss: ``l1`` (default: robust to a few extreme labels), ``mse`` or ``huber``.
         target_transform: ``none`` or ``log`` (positive targets; predictions in the user's units).
         student: whose structure filter makes the split (``cgcnn``: the same structures as ``train``).
@@ -78,6 +91,8 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     freeze_layers: int = 0
     head_hidden: int = 128
+    pool: Literal["all", "last"] = "all"
+    probe_steps: int = 300
     loss: Literal["l1", "mse", "huber"] = "l1"
     target_transform: Literal["none", "log"] = "none"
     student: str = "cgcnn"
@@ -88,29 +103,106 @@ class FinetuneConfig:
     threads: int = 0
 
 
-def _head(dim: int, hidden: int, n_out: int) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, n_out))
+def _pool(out, layers: list[int]) -> torch.Tensor:
+    """Per-structure mean of the atom embeddings of ``layers``, concatenated: ``(B, ΣD)``."""
+    ptr = out.ptr.to(out.layers[layers[0]].device)
+    counts = ptr[1:] - ptr[:-1]
+    seg = torch.repeat_interleave(torch.arange(len(ptr) - 1, device=ptr.device), counts)
+    means = []
+    for k in layers:
+        x = out.layers[k]
+        sums = torch.zeros(len(ptr) - 1, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, seg, x)
+        means.append(sums / counts.unsqueeze(1).to(x.dtype))
+    return torch.cat(means, dim=1)
 
 
-def _pool(out, last: int) -> torch.Tensor:
-    """Per-structure mean of the last layer's atom embeddings: ``(B, D)``."""
-    x = out.layers[last]
-    ptr = out.ptr.to(x.device)
-    seg = torch.repeat_interleave(torch.arange(len(ptr) - 1, device=x.device), ptr[1:] - ptr[:-1])
-    sums = torch.zeros(len(ptr) - 1, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, seg, x)
-    return sums / (ptr[1:] - ptr[:-1]).unsqueeze(1).to(x.dtype)
+class FinetuneHead(torch.nn.Module):
+    """The property head of a fine-tuned teacher: pooled layers → standardised → Linear-SiLU-Linear."""
+
+    def __init__(self, layers: list[int], dim: int, hidden: int, n_out: int) -> None:
+        super().__init__()
+        self.layers = [int(k) for k in layers]
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, n_out))
+
+    def features(self, out) -> torch.Tensor:
+        """The pooled layers of a teacher output, before standardisation."""
+        return _pool(out, self.layers)
+
+    def forward(self, out) -> torch.Tensor:
+        return self.from_features(self.features(out))
+
+    def from_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp((x - self.mean) / self.std)
 
 
-def predict_inputs(teacher, head, inputs: list, batch_size: int) -> np.ndarray:
-    """Normalised predictions of the fine-tuned teacher + head for model inputs: ``(B, T)``."""
+def head_layers(teacher, pool: str) -> list[int]:
+    return list(range(len(teacher.layer_widths))) if pool == "all" else [len(teacher.layer_widths) - 1]
+
+
+def load_head(ckpt: dict, teacher) -> FinetuneHead:
+    """The head stored in a fine-tuned teacher file (both formats)."""
+    n_out = len(ckpt["targets"])
+    if ckpt.get("format", 1) == 1:  # the last layer's mean, no standardisation
+        last = len(teacher.layer_widths) - 1
+        head = FinetuneHead([last], int(teacher.layer_widths[last]), ckpt["head_hidden"], n_out)
+        head.load_state_dict({**{f"mlp.{k}": v for k, v in ckpt["head"].items()}, "mean": head.mean,
+                              "std": head.std})
+        return head
+    layers = [int(k) for k in ckpt["head_layers"]]
+    head = FinetuneHead(layers, sum(int(teacher.layer_widths[k]) for k in layers), ckpt["head_hidden"], n_out)
+    head.load_state_dict(ckpt["head"])
+    return head
+
+
+def predict_inputs(teacher, head: FinetuneHead, inputs: list, batch_size: int, features: bool = False) -> np.ndarray:
+    """Normalised predictions of the fine-tuned teacher + head for model inputs: ``(B, T)`` (with
+    ``features``, the pooled layers the head reads instead)."""
     teacher.module.eval()
     head.eval()
     out = []
     with torch.no_grad():
         for s in range(0, len(inputs), batch_size):
             o = teacher.forward(inputs[s:s + batch_size])
-            out.append(head(_pool(o, len(teacher.layer_widths) - 1)).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, head[-1].out_features))
+            out.append((head.features(o) if features else head(o)).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, head.mlp[-1].out_features))
+
+
+def _probe(head: FinetuneHead, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: np.ndarray,
+           norm, cfg) -> tuple[float, float, float]:
+    """The linear-probe stage: standardise on the training features, fit the head full-batch on the
+    frozen teacher's features, keep the step with the best validation MAE.
+
+    Returns ``(train loss, train MAE, validation MAE)`` of the kept head (user units for the MAEs).
+    """
+    from crysdistill.train.trainer import _mae, _masked_loss
+
+    with torch.no_grad():
+        head.mean.copy_(x_train.mean(0).float())
+        head.std.copy_(x_train.std(0).float().clamp_min(1e-6))
+    opt = torch.optim.AdamW(head.mlp.parameters(), lr=cfg.lr_head, weight_decay=cfg.weight_decay)
+    best, best_state = float("inf"), None
+    for step in range(cfg.probe_steps + 1):
+        if step % 10 == 0 or step == cfg.probe_steps:
+            head.eval()
+            with torch.no_grad():
+                val = _mae(norm.decode(head.from_features(x_val).double().numpy()), y_val)
+            if val < best:
+                best, best_state = val, {k: v.clone() for k, v in head.state_dict().items()}
+            head.train()
+        if step == cfg.probe_steps:
+            break
+        loss = _masked_loss(head.from_features(x_train), y_train, cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    head.load_state_dict(best_state)
+    head.eval()
+    with torch.no_grad():
+        pred = head.from_features(x_train)
+        loss = float(_masked_loss(pred, y_train, cfg.loss))
+    return loss, _mae(norm.decode(pred.double().numpy()), norm.decode(y_train.double().numpy())), best
 
 
 def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -> dict:
@@ -182,8 +274,9 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
         for b in blocks[:cfg.freeze_layers]:
             b.requires_grad_(False)
             frozen += sum(p.numel() for p in b.parameters())
-    last = len(teacher.layer_widths) - 1
-    head = _head(int(teacher.layer_widths[last]), cfg.head_hidden, len(cfg.targets)).to(device)
+    layers = head_layers(teacher, cfg.pool)
+    head = FinetuneHead(layers, sum(int(teacher.layer_widths[k]) for k in layers), cfg.head_hidden,
+                        len(cfg.targets)).to(device)
     backbone = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr_backbone}, {"params": head.parameters(), "lr": cfg.lr_head}],
                             weight_decay=cfg.weight_decay)
@@ -207,9 +300,10 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
                           out / "splits.json")
         with open(metrics_path, "w", newline="") as fh:
             csv.writer(fh).writerow(FIELDS)
-    record = {"kind": FINETUNED_KIND, "format": 1, "plugin": teacher.name, "base_variant": teacher.variant,
+    record = {"kind": FINETUNED_KIND, "format": FORMAT, "plugin": teacher.name, "base_variant": teacher.variant,
               "base_spec": teacher.spec, "base_fingerprint": base_fp, "head_hidden": cfg.head_hidden,
-              "targets": list(cfg.targets), "normalizer": norm.to_dict(), "pool": f"mean of layer {last}",
+              "head_layers": layers, "targets": list(cfg.targets), "normalizer": norm.to_dict(),
+              "pool": f"mean of layers {','.join(map(str, layers))}",
               "fine_tuned_on": {"data": str(ds.source), "targets": list(cfg.targets), "n_train": len(splits["train"]),
                                 "n_val": len(splits["val"]), "seed": cfg.seed,
                                 # whose labels it has seen: a later run must not test on them
@@ -222,6 +316,26 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
              sum(p.numel() for p in backbone), sum(p.numel() for p in module.parameters()))
     use_bar = sys.stderr.isatty()
     train_idx = splits["train"]
+    if not resume:
+        # the linear-probe stage: the head fitted on the frozen teacher is fine-tuning's start and epoch 0
+        t0 = time.perf_counter()
+        tr, va = train_idx.tolist(), splits["val"].tolist()
+        x_tr = torch.tensor(predict_inputs(teacher, head, [inputs[i] for i in tr], cfg.batch_size, features=True))
+        x_va = torch.tensor(predict_inputs(teacher, head, [inputs[i] for i in va], cfg.batch_size, features=True))
+        with torch.no_grad():
+            head.mean.copy_(x_tr.mean(0).float())
+            head.std.copy_(x_tr.std(0).float().clamp_min(1e-6))
+        if cfg.probe_steps:
+            p_loss, p_train, p_val = _probe(head, x_tr.float(), y_norm[tr], x_va.float(), prep.y[va], norm, cfg)
+            best_val, best_epoch = p_val, 0
+            atomic_save({**record, "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+                         "head": head.state_dict(), "epoch": 0, "val_mae": p_val}, best_path)
+            with open(metrics_path, "a", newline="") as fh:
+                csv.writer(fh).writerow([0, 0.0, cfg.lr_head, p_loss, p_train, p_val,
+                                         round(time.perf_counter() - t0, 2)])
+            log.info("linear probe on the frozen %s: train MAE %.4g  val MAE %.4g  %.0f s", teacher.spec, p_train,
+                     p_val, time.perf_counter() - t0)
+        head.train()
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         module.train()
@@ -237,7 +351,7 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s:s + cfg.batch_size].tolist()
             o = teacher.forward([inputs[i] for i in idx])
-            pred = head(_pool(o, last))
+            pred = head(o)
             loss = _masked_loss(pred, y_norm[idx].to(device), cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -305,8 +419,7 @@ def own_predictions(teacher, structures: list, batch_size: int = 16, progress=No
     from crysdistill.train.splits import Normalizer
 
     ckpt = teacher.ckpt
-    head = _head(int(teacher.layer_widths[-1]), ckpt["head_hidden"], len(ckpt["targets"]))
-    head.load_state_dict(ckpt["head"])
+    head = load_head(ckpt, teacher)
     out = []
     chunk = 512  # graphs are built a chunk at a time, not all at once (a corpus is large)
     for s in range(0, len(structures), chunk):
