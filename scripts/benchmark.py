@@ -163,6 +163,9 @@ def run_grid(args: argparse.Namespace) -> None:
             cfg_file = Path(args.config_dir) / f"{student}.yaml"
             for n in (sizes if sized or args.sized_all else [None]):
                 for seed in seeds:
+                    for tune in tunes:  # first: a --pseudo pattern may name the teacher fine-tuned here
+                        run_finetune_cell(args, out, student, target, n, seed, tune, tune_epochs.get(n, args.epochs),
+                                          datasets[fname], val, test)
                     for mode, w, inj in modes:
                         run = (out / "runs" / student / target / f"n{n or 'all'}" / (mode + args.mode_suffix)
                                / f"seed{seed}")
@@ -188,9 +191,6 @@ def run_grid(args: argparse.Namespace) -> None:
                               f"{time.perf_counter() - t0:.0f} s", flush=True)
                     for head in heads:
                         run_head_cell(args, out, student, target, n, seed, head, datasets[fname], val, test)
-                    for tune in tunes:
-                        run_finetune_cell(args, out, student, target, n, seed, tune, tune_epochs.get(n, args.epochs),
-                                          datasets[fname], val, test)
 
 
 def run_head_cell(args, out: Path, student: str, target: str, n, seed: int, head: str, dataset, val, test) -> None:

@@ -158,3 +158,30 @@ def test_benchmark_head_reference_and_init_modes(tmp_path, phonon_dir, capsys):
     assert head["n_train"] == 18 and head["n_test"] == 6 and head["teacher"] == "crysgnn"
     split = json.loads((Path(rows["vanilla"]["run"]) / "splits.json").read_text())
     assert json.loads((Path(rows[init_mode]["run"]) / "splits.json").read_text())["test"] == split["test"]
+
+
+def test_benchmark_finetuned_ceiling_and_its_labels(tmp_path, phonon_dir, sample_path):
+    """--finetune adds the fine-tuned teacher on each cell's split (not a safeguard candidate); a --pseudo
+    pattern makes each cell's fine-tuned teacher label the corpus; --mode-suffix keeps variants apart."""
+    bench = _load_benchmark()
+    out = tmp_path / "bench"
+    common = ["--students", "cgcnn", "--targets", "last_phdos_peak", "--seeds", "0", "--epochs", "1", "--weights", "0",
+              "--data-dir", str(phonon_dir), "--out", str(out), "-O", "model.layers=1", "-O", "batch_size=8",
+              "-O", "threads=1", "-O", "workers=1"]
+    assert bench.main([*common, "--finetune", "chgnet", "--finetune-epochs", "1", "--finetune-option",
+                       "probe_steps=20", "--pseudo", "{out}/runs/{student}/{target}/n{n}/finetune-chgnet/seed{seed}/"
+                       "teacher.pt", "--pseudo-data", str(sample_path), "-O", "pseudo.max_structures=40"]) == 0
+    assert bench.main([*common, "--mode-suffix=-l1", "-O", "loss=l1"]) == 0
+    with open(out / "results.csv") as fh:
+        rows = {r["mode"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"vanilla", "vanilla-l1", "finetune-chgnet", "pseudo-finetuned-chgnet", "safeguard"}
+    assert rows["safeguard"]["run"] != rows["finetune-chgnet"]["run"]
+    ft = json.loads((Path(rows["finetune-chgnet"]["run"]) / "summary.json").read_text())
+    assert ft["n_train"] == 18 and ft["n_test"] == 6 and ft["epochs"] == 1
+    split = json.loads((Path(rows["vanilla"]["run"]) / "splits.json").read_text())
+    assert json.loads((Path(rows["finetune-chgnet"]["run"]) / "splits.json").read_text())["test"] == split["test"]
+    ps = json.loads((Path(rows["pseudo-finetuned-chgnet"]["run"]) / "summary.json").read_text())["pseudo"]
+    # the fixture's 30 structures are the sample's first 30: all of them in the splits, left out of the corpus
+    assert ps["head"] == "own (fine-tuned)" and ps["n_excluded_in_splits"] == 30 and ps["n_labelled"] == 40
+    l1 = (Path(rows["vanilla-l1"]["run"]) / "config.yaml").read_text()
+    assert "loss: l1" in l1

@@ -88,6 +88,37 @@ def leaks(training: TrainingData, target: str) -> bool:
     return any(t == k.lower() for k in training.leaked_targets)
 
 
+def leaks_into(teacher, target: str, fit_ids=None) -> bool:
+    """:func:`leaks` for a loaded teacher in a run whose training and validation ids are ``fit_ids``.
+
+    A teacher fine-tuned (``crysdistill finetune``) only on labels of the run's own training and
+    validation structures saw no label the run does not see itself: the target it was fine-tuned
+    on does not count as leaked there (its base teacher's training data still do). Anywhere else,
+    or without ``fit_ids``, its fine-tuned targets count.
+    """
+    if not leaks(teacher.training, target):
+        return False
+    base, seen = getattr(teacher, "base", None), teacher.seen_ids()
+    if base is None or not seen or fit_ids is None:
+        return True
+    return leaks(base.training, target) or not seen <= set(fit_ids)
+
+
+def warn_if_leaks(teacher, targets, fit_ids=None, role: str = "teacher") -> bool:
+    """Log one warning per target ``teacher`` leaks into (see :func:`leaks_into`); return whether any."""
+    import logging
+
+    any_leak = False
+    for t in targets:
+        if leaks_into(teacher, t, fit_ids):
+            any_leak = True
+            logging.getLogger("crysdistill.train").warning(
+                "warning: %s %s was trained on %s (%s), which gives away the target %r: its gain on this target is "
+                "not a gain a label it never saw would get", role, teacher.spec, ", ".join(teacher.training.labels),
+                teacher.training.dataset, t)
+    return any_leak
+
+
 @dataclass
 class TeacherInfo:
     """A loaded teacher's self-description (``crysdistill teacher list/info``, checkpoints, summaries)."""

@@ -213,7 +213,7 @@ def run_head(cfg, data, features: str = "teacher", layers: list[int] | None = No
     """
     from crysdistill.data.readers import Dataset, read_dataset
     from crysdistill.teacher.probe import composition_features
-    from crysdistill.teachers.base import leaks
+    from crysdistill.teachers.base import leaks_into
     from crysdistill.train.trainer import prepare
 
     t0 = time.perf_counter()
@@ -263,8 +263,8 @@ def run_head(cfg, data, features: str = "teacher", layers: list[int] | None = No
         n_test=len(te), seed=cfg.seed, chosen=chosen, val_mae=cands[chosen], test_mae=test_mae, mean_test_mae=mean_mae,
         candidates=cands,
         teacher_trained_on=teacher.training.to_dict() if teacher is not None and features == "teacher" else None,
-        teacher_leaks_target=(leaks(teacher.training, cfg.targets[0]) if teacher is not None and features == "teacher"
-                              else None),
+        teacher_leaks_target=(leaks_into(teacher, cfg.targets[0], [records[i].id for i in np.concatenate([tr, va])])
+                              if teacher is not None and features == "teacher" else None),
         seconds=time.perf_counter() - t0, embed_seconds=embed_seconds)
     if out_dir is not None:
         import json

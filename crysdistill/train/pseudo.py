@@ -73,7 +73,7 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
         UserError: a corpus with no structure left outside the run's splits.
     """
     from crysdistill.distill.cache import check_records
-    from crysdistill.teachers.base import check_unseen, leaks
+    from crysdistill.teachers.base import check_unseen, warn_if_leaks
     from crysdistill.teachers.registry import load_teacher
     from crysdistill.train.head import apply_head, fit_head, structure_features
 
@@ -83,16 +83,14 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
     t0 = time.perf_counter()
     teacher = load_teacher(p.teacher, device=device)
     check_unseen(teacher, [records[i].id for i in splits["test"]], role="corpus labeller")
-    for t in cfg.targets:
-        if leaks(teacher.training, t):
-            log.warning("warning: the corpus labeller %s was trained on %s (%s), which gives away the target %r",
-                        teacher.spec, ", ".join(teacher.training.labels), teacher.training.dataset, t)
+    fit_ids = [records[i].id for k in ("train", "val") for i in splits[k]]
+    leaked = warn_if_leaks(teacher, cfg.targets, fit_ids, role="corpus labeller")
     ks = list(range(teacher.n_layers + 1))
     # a teacher fine-tuned on these targets labels with its own head (task-specific distillation);
     # any other teacher gets a head fitted here
     own = getattr(teacher, "ckpt", None) if teacher.name == "finetuned" else None
     if own is not None and set(cfg.targets) <= set(own["targets"]):
-        return _own_labels(cfg, teacher, records, splits, featurizer, progress, t0)
+        return _own_labels(cfg, teacher, records, splits, featurizer, progress, t0, leaked)
     # 1. the head: fitted on training labels, chosen on validation (the test split is not touched)
     fit_rows = np.concatenate([splits["train"], splits["val"]])
     ok, _ = check_records(teacher, [records[i] for i in fit_rows], on_error="skip")
@@ -114,7 +112,7 @@ def teacher_labels(cfg, records: list[Record], splits: dict[str, np.ndarray], y:
     labels = normalizer.decode(apply_head(fitted["head"], fitted["mean"], fitted["std"], xc))
     info = {"teacher": teacher.spec, "teacher_fingerprint": teacher.fingerprint,
             "teacher_trained_on": teacher.training.to_dict(),
-            "teacher_leaks_target": any(leaks(teacher.training, t) for t in cfg.targets),
+            "teacher_leaks_target": leaked,
             "head": fitted["chosen"], "head_val_mae": fitted["candidates"][fitted["chosen"]],
             "head_n_train": int(len(tr)), "head_n_val": int(len(va)), "corpus": str(p.data),
             "n_labelled": len(graphs), "n_excluded_in_splits": n_excluded,
@@ -148,6 +146,9 @@ def corpus_outside_splits(data: str, max_structures: int, seed: int, teacher, re
     if max_structures and len(cands) > max_structures:
         pick = np.sort(np.random.default_rng(seed).choice(len(cands), max_structures, replace=False))
         cands = [cands[i] for i in pick]
+    if not cands:
+        raise UserError(f"{data}: every corpus structure is in this run's splits; the corpus must hold other "
+                        "structures")
     cands, bad = check_records(teacher, cands, on_error="skip")
     graphs = build_graphs(cands, featurizer, cache_dir=cache_dir, workers=workers, on_error="skip",
                           progress=progress)
@@ -157,10 +158,9 @@ def corpus_outside_splits(data: str, max_structures: int, seed: int, teacher, re
     return graphs, [by_id[i] for i in graphs.ids], n_excluded, len(bad)
 
 
-def _own_labels(cfg, teacher, records, splits, featurizer, progress, t0: float) -> PseudoLabels:
+def _own_labels(cfg, teacher, records, splits, featurizer, progress, t0: float, leaked: bool) -> PseudoLabels:
     """Label the corpus with a fine-tuned teacher's own predictions (its head was chosen on its own
     validation split when it was fine-tuned; ``check_unseen`` has refused it if it saw this run's test)."""
-    from crysdistill.teachers.base import leaks
     from crysdistill.train.finetune import own_predictions
 
     p, ckpt = cfg.pseudo, teacher.ckpt
@@ -172,7 +172,7 @@ def _own_labels(cfg, teacher, records, splits, featurizer, progress, t0: float) 
     labels = np.asarray(pred, dtype=np.float64)[:, cols].reshape(len(graphs), -1)
     info = {"teacher": teacher.spec, "teacher_fingerprint": teacher.fingerprint,
             "teacher_trained_on": teacher.training.to_dict(),
-            "teacher_leaks_target": any(leaks(teacher.training, t) for t in cfg.targets),
+            "teacher_leaks_target": leaked,
             "head": "own (fine-tuned)", "head_val_mae": ckpt.get("val_mae"),
             "head_n_train": int(ckpt["fine_tuned_on"]["n_train"]), "head_n_val": int(ckpt["fine_tuned_on"]["n_val"]),
             "corpus": str(p.data), "n_labelled": len(graphs), "n_excluded_in_splits": n_excluded,

@@ -117,15 +117,9 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
 
     teacher = embeddings = injected = None
     if cfg.teacher:
-        from crysdistill.teachers.base import leaks
         from crysdistill.teachers.registry import load_teacher
 
         teacher = load_teacher(cfg.teacher, device=resolve_device(cfg.device))
-        for t in cfg.targets:
-            if leaks(teacher.training, t):
-                log.warning("warning: teacher %s was trained on %s (%s), which gives away the target %r: its gain "
-                            "on this target is not a gain a label it never saw would get", teacher.spec,
-                            ", ".join(teacher.training.labels), teacher.training.dataset, t)
         by_id = {r.id: r for r in records}
         ok, bad = check_records(teacher, [by_id[i] for i in graphs.ids], on_error=cfg.on_error)
         if bad:  # structures the student can represent but the teacher cannot
@@ -144,9 +138,10 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
                             f"target_transform=log needs positive labels ({len(bad)} are not): use none, or fix them")
     normalizer = Normalizer.fit(y[splits["train"]], cfg.target_transform)
     if teacher is not None:
-        from crysdistill.teachers.base import check_unseen
+        from crysdistill.teachers.base import check_unseen, warn_if_leaks
 
         check_unseen(teacher, [graphs.ids[i] for i in splits["test"]])
+        warn_if_leaks(teacher, cfg.targets, [graphs.ids[i] for k in ("train", "val") for i in splits[k]])
     if teacher is not None:
         # embeddings are looked up by structure key, so they are aligned with the whole graph list
         if cfg.distill.inject_layers:  # inputs of every split, not only training (and nothing outside the splits)
@@ -487,9 +482,10 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
 
     # the test split, once, with the model selected on validation
     from crysdistill.students.checkpoint import load_student
-    from crysdistill.teachers.base import leaks
+    from crysdistill.teachers.base import leaks_into
 
     device = resolve_device(cfg.device)
+    fit_ids = [prep.graphs.ids[i] for k in ("train", "val") for i in prep.splits[k]]
     best, ckpt = load_student(out / "best.pt")
     best.to(device)
     test_idx = prep.splits["test"].tolist()
@@ -497,7 +493,7 @@ def train_student(cfg: TrainConfig, data: str | Dataset, out: str | Path, resume
         "student": cfg.student, "targets": list(cfg.targets), "data": str(data),
         "teacher": cfg.teacher, "teacher_fingerprint": prep.teacher.fingerprint if prep.teacher is not None else None,
         "teacher_trained_on": prep.teacher.training.to_dict() if prep.teacher is not None else None,
-        "teacher_leaks_target": (any(leaks(prep.teacher.training, t) for t in cfg.targets)
+        "teacher_leaks_target": (any(leaks_into(prep.teacher, t, fit_ids) for t in cfg.targets)
                                  if prep.teacher is not None else None),
         "distill_weight": (chosen_weight if chosen_weight is not None else
                            (cfg.distill.node_weight if prep.teacher is not None else 0.0)),
