@@ -251,7 +251,8 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
                        val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed, split_seed=cfg.split_seed,
                        on_error=cfg.on_error, cache_dir=cfg.cache_dir, workers=cfg.workers, device="cpu",
                        target_transform=cfg.target_transform)
-    prep = prepare(replace(tcfg, teacher=cfg.teacher, distill=replace(tcfg.distill, node_weight=0.0)), ds)
+    prep = prepare(replace(tcfg, teacher=cfg.teacher, distill=replace(tcfg.distill, node_weight=0.0)), ds,
+                   teacher=teacher)
     by_id = {r.id: r for r in ds.records}
     records = [by_id[i] for i in prep.graphs.ids]
     splits, norm = prep.splits, prep.normalizer

@@ -73,12 +73,13 @@ def _progress(desc: str):
     return build_progress(desc)
 
 
-def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
+def prepare(cfg: TrainConfig, data: str | Dataset, teacher=None) -> Prepared:
     """Read the data, check the targets, build (cached) graphs, split, and embed with the teacher.
 
     Args:
         cfg: the run's config.
         data: a path (see :func:`read_dataset`) or an already read :class:`Dataset`.
+        teacher: ``cfg.teacher`` already loaded (it is loaded here otherwise).
     """
     if not cfg.targets:
         raise ConfigError("no target given; pass --target KEY (see 'crysdistill data inspect' for the labels)")
@@ -115,11 +116,14 @@ def prepare(cfg: TrainConfig, data: str | Dataset) -> Prepared:
     id_to_row = {r.id: i for i, r in enumerate(records)}
     y = np.asarray([y_rows[id_to_row[i]] for i in graphs.ids], dtype=np.float64).reshape(len(graphs), len(cfg.targets))
 
-    teacher = embeddings = injected = None
-    if cfg.teacher:
-        from crysdistill.teachers.registry import load_teacher
+    embeddings = injected = None
+    if not cfg.teacher:
+        teacher = None
+    else:
+        if teacher is None:
+            from crysdistill.teachers.registry import load_teacher
 
-        teacher = load_teacher(cfg.teacher, device=resolve_device(cfg.device))
+            teacher = load_teacher(cfg.teacher, device=resolve_device(cfg.device))
         by_id = {r.id: r for r in records}
         ok, bad = check_records(teacher, [by_id[i] for i in graphs.ids], on_error=cfg.on_error)
         if bad:  # structures the student can represent but the teacher cannot
