@@ -8,7 +8,9 @@ Each model predicts the same new structures through ``crysdistill.train.predict.
 * ``student``: CGCNN on its own (a student fine-tuned from a pre-distilled encoder, ``--init
   cgcnn-chgnet``, has exactly this cost: it needs no teacher);
 * ``injected``: CGCNN reading every layer of the teacher's atom embeddings, so the teacher runs first;
-* ``head``: the teacher + head reference of ``crysdistill head`` (teacher embeddings, then an MLP).
+* ``head``: the teacher + head reference of ``crysdistill head`` (teacher embeddings, then an MLP);
+* ``fine-tuned``: the teacher fine-tuned by ``crysdistill finetune`` (``--finetune``; its own
+  network with new weights, then its head).
 
 The models are trained here for one epoch on the bundled sample (speed does not depend on how
 well they are trained) unless checkpoints are given. The ratio column is structures/s over the
@@ -33,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", default="log_kvrh", help="label the models are trained on")
     p.add_argument("--n", type=int, default=None, help="predict only the first N structures")
     p.add_argument("--teachers", default="chgnet,sevennet")
+    p.add_argument("--finetune", default="", help="also fine-tune these teachers (one epoch) and time their prediction")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1, help="time each model this many times, report the fastest")
     return p.parse_args(argv)
@@ -63,6 +66,15 @@ def _head(tmp: Path, data, target: str, teacher: str) -> Path:
     return out / "head.pt"
 
 
+def _finetune(tmp: Path, data, target: str, teacher: str) -> Path:
+    from crysdistill.train.finetune import FinetuneConfig, finetune
+
+    out = tmp / f"finetune-{teacher}"
+    finetune(FinetuneConfig(teacher=teacher, targets=[target], val_size=0.1, test_size=0.1, epochs=1, probe_steps=20,
+                            cache_dir=str(tmp / "train-cache"), workers=1, device="cpu"), data, out)
+    return out / "teacher.pt"
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -85,6 +97,8 @@ def main(argv=None) -> int:
             n_layers = load_teacher(name).n_layers
             models[f"injected ({name} + cgcnn)"] = _train(tmp, data, args.target, name, n_layers)
             models[f"head ({name} + MLP)"] = _head(tmp, data, args.target, name)
+        for name in [t for t in args.finetune.split(",") if t]:
+            models[f"fine-tuned ({name} + head)"] = _finetune(tmp, data, args.target, name)
         rates = {}
         print(f"{'model':28s} {'structures/s':>13s} {'vs student':>11s} {'MAE':>8s}", flush=True)
         for label, ckpt in models.items():
