@@ -35,6 +35,9 @@ def test_finetune_selects_on_validation_and_tests_once(capsys):
     assert [r["epoch"] for r in rows] == ["0", "1", "2"] and float(rows[0]["lr_backbone"]) == 0
     assert summary["best_epoch"] in (0, 1, 2)
     assert summary["val_mae"] == pytest.approx(min(float(r["val_mae"]) for r in rows))
+    # the probe's candidates: the one-hidden-layer head and the MLPs of `crysdistill head`; the best is epoch 0
+    cands = summary["probe_candidates"]
+    assert len(cands) == 4 and float(rows[0]["val_mae"]) == pytest.approx(min(cands.values()))
     assert summary["n_train"] == 60 and summary["n_test"] == 60 and np.isfinite(summary["test_mae"])
     assert 0 < float(rows[1]["lr_backbone"]) < float(rows[1]["lr_head"])
     # the split is the one `train` makes with the same sizes and seed
@@ -45,6 +48,8 @@ def test_finetune_selects_on_validation_and_tests_once(capsys):
     ckpt = torch.load(out / "teacher.pt", weights_only=True)
     assert ckpt["plugin"] == "chgnet" and ckpt["fine_tuned_on"]["targets"] == ["log_kvrh"]
     assert ckpt["head_layers"] == [0, 1, 2, 3, 4] and ckpt["epoch"] == summary["best_epoch"]
+    assert {k: ckpt[k] for k in ("head_hidden", "head_depth", "head_dropout")} == {
+        k: summary["head"][k] for k in ("head_hidden", "head_depth", "head_dropout")}
     # fine-tuning changed the backbone's weights (the file holds the selected epoch's: the base ones at epoch 0)
     from crysdistill.teachers.registry import load_teacher
 
@@ -155,3 +160,41 @@ def test_a_first_format_head_still_loads():
     out = TeacherOutput(layers, torch.tensor([0, 2, 5]))
     want = old(torch.stack([layers[1][:2].mean(0), layers[1][2:].mean(0)]))
     assert head.layers == [1] and torch.allclose(head(out), want, atol=1e-6)
+
+
+def test_the_probe_keeps_the_candidate_best_on_validation():
+    """On features where a wide two-layer MLP fits and a one-unit head cannot, the probe keeps the
+    MLP of the grid (with its own depth and dropout), and a file with that head predicts alike."""
+    from types import SimpleNamespace
+
+    from crysdistill.teachers.base import TeacherOutput
+    from crysdistill.train.finetune import FinetuneConfig, FinetuneHead, _probe_stage, load_head
+    from crysdistill.train.splits import Normalizer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g, dtype=torch.float64)
+    y = (torch.sin(2 * x[:, :1]) * x[:, 1:2] + 0.5 * x[:, 2:3] ** 2).numpy()
+    norm = Normalizer.fit(y[:200])
+    cfg = FinetuneConfig(teacher="chgnet", targets=["y"], head_hidden=1, probe_steps=50)
+    torch.manual_seed(0)
+    head = FinetuneHead([0], 6, 1, 1)
+    with torch.no_grad():
+        head.mean.copy_(x[:200].mean(0).float())
+        head.std.copy_(x[:200].std(0).float())
+    state = torch.get_rng_state()
+    kept, _, _, val, cands = _probe_stage(head, x[:200].float(), torch.tensor(norm.encode(y[:200])).float(),
+                                          x[200:].float(), y[200:], norm, cfg)
+    assert torch.equal(torch.get_rng_state(), state)  # the grid leaves the fine-tuning's random stream alone
+    assert len(cands) == 4 and val == min(cands.values())
+    first = cands["mlp(h=1,depth=1,l1)"]
+    assert val < first and kept is not head and kept.arch["head_depth"] == 2 and kept.arch["head_dropout"] > 0
+    ckpt = {"format": 3, "targets": ["y"], "head_layers": [0], "head": kept.state_dict(), **kept.arch}
+    loaded = load_head(ckpt, SimpleNamespace(layer_widths=[6]))
+    out = TeacherOutput([x[200:].float()], torch.arange(101))  # one atom per structure
+    kept.eval()
+    assert torch.allclose(loaded(out), kept(out), atol=1e-6)
+    with_grid_off = _probe_stage(FinetuneHead([0], 6, 1, 1), x[:200].float(),
+                                 torch.tensor(norm.encode(y[:200])).float(), x[200:].float(), y[200:], norm,
+                                 FinetuneConfig(teacher="chgnet", targets=["y"], head_hidden=1, probe_steps=50,
+                                                probe_grid=False))
+    assert list(with_grid_off[4]) == ["mlp(h=1,depth=1,l1)"]

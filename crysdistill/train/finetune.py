@@ -7,11 +7,14 @@ per-structure mean of its layers' atom embeddings (all layers by default, as ``c
 reads them; ``pool=last`` for the last one only), as MatterTune and the foundation-model papers
 fine-tune (AdamW, a smaller learning rate for the backbone than for the head).
 
-The head is first fitted on the frozen teacher (a *linear probe* stage, ``probe_steps``; LP-FT,
-Kumar et al., ICLR 2022): fine-tuning then starts from a head that already fits, so the first
-gradients do not distort the pretrained features, and that frozen-teacher head is itself the
-epoch-0 candidate of the selection on validation. Measured here (docs/teachers.md), a fresh head
-fine-tuned end to end on 250 labels fell behind the frozen teacher + head.
+The head is first fitted on the frozen teacher (a *linear probe* stage; LP-FT, Kumar et al., ICLR
+2022): fine-tuning then starts from a head that already fits, so the first gradients do not distort
+the pretrained features, and that frozen-teacher head is itself the epoch-0 candidate of the
+selection on validation. The probe's candidates are a one-hidden-layer head trained with the
+fine-tuning loss (``probe_steps``) and the MLPs of ``crysdistill head`` (``probe_grid``); the best
+on validation is kept, so the fine-tuned teacher is never worse on validation than the frozen
+teacher + head. Measured here (docs/teachers.md), a fresh head fine-tuned end to end on 250 labels
+fell behind the frozen teacher + head, and neither probe candidate is best on every target.
 
 Splits, seeds, selection on validation and the single test are those of ``crysdistill train``
 with the same sizes and seeds (the same structures, in the same order, split the same way), so a
@@ -45,7 +48,7 @@ log = logging.getLogger("crysdistill.train")
 #: ``kind`` of the fine-tuned teacher file (also read by the ``finetuned`` teacher plugin)
 FINETUNED_KIND = "crysdistill-finetuned-teacher"
 FIELDS = ["epoch", "lr_backbone", "lr_head", "train_loss", "train_mae", "val_mae", "seconds"]
-FORMAT = 2  # 1: head on the last layer's mean, no linear-probe stage
+FORMAT = 3  # 1: head on the last layer's mean, no linear-probe stage; 2: one hidden layer; 3: head_depth, head_dropout
 
 
 @dataclass
@@ -65,12 +68,16 @@ class FinetuneConfig:
         lr_head: AdamW learning rate of the new head.
         weight_decay: AdamW weight decay.
         freeze_layers: keep the first N layers' blocks frozen (0 = train every block).
-        head_hidden: width of the head's hidden layer.
+        head_hidden: width of the hidden layer of a fresh head and of the ``probe_steps`` candidate
+            (a candidate of ``probe_grid`` keeps its own width, depth and dropout).
         pool: ``all`` (default): the head reads the per-structure mean of every layer, concatenated
             and standardised on the training split; ``last``: of the last layer only.
         probe_steps: full-batch steps fitting the head on the frozen teacher before fine-tuning
             (the linear-probe stage, selected on validation, recorded as epoch 0; 0 = start the
             fine-tuning from a fresh head).
+        probe_grid: also fit the MLPs of ``crysdistill head`` (two hidden layers, dropout, squared
+            error, early stopping) on the frozen features; the probe keeps whichever candidate is
+            best on validation.
         loss: ``l1`` (default: robust to a few extreme labels), ``mse`` or ``huber``.
         target_transform: ``none`` or ``log`` (positive targets; predictions in the user's units).
         student: whose structure filter makes the split (``cgcnn``: the same structures as ``train``).
@@ -93,6 +100,7 @@ class FinetuneConfig:
     head_hidden: int = 128
     pool: Literal["all", "last"] = "all"
     probe_steps: int = 300
+    probe_grid: bool = True
     loss: Literal["l1", "mse", "huber"] = "l1"
     target_transform: Literal["none", "log"] = "none"
     student: str = "cgcnn"
@@ -117,14 +125,19 @@ def _pool(out, layers: list[int]) -> torch.Tensor:
 
 
 class FinetuneHead(torch.nn.Module):
-    """The property head of a fine-tuned teacher: pooled layers → standardised → Linear-SiLU-Linear."""
+    """The property head of a fine-tuned teacher: pooled layers → standardised → an MLP
+    (``depth`` hidden layers of ``hidden`` units, SiLU, dropout where ``dropout`` > 0)."""
 
-    def __init__(self, layers: list[int], dim: int, hidden: int, n_out: int) -> None:
+    def __init__(self, layers: list[int], dim: int, hidden: int, n_out: int, depth: int = 1,
+                 dropout: float = 0.0) -> None:
+        from crysdistill.train.head import mlp
+
         super().__init__()
         self.layers = [int(k) for k in layers]
+        self.arch = {"head_hidden": int(hidden), "head_depth": int(depth), "head_dropout": float(dropout)}
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, n_out))
+        self.mlp = mlp(dim, hidden, n_out, depth=depth, dropout=dropout)
 
     def features(self, out) -> torch.Tensor:
         """The pooled layers of a teacher output, before standardisation."""
@@ -151,8 +164,10 @@ def load_head(ckpt: dict, teacher) -> FinetuneHead:
                               "std": head.std})
         return head
     layers = [int(k) for k in ckpt["head_layers"]]
-    head = FinetuneHead(layers, sum(int(teacher.layer_widths[k]) for k in layers), ckpt["head_hidden"], n_out)
+    head = FinetuneHead(layers, sum(int(teacher.layer_widths[k]) for k in layers), ckpt["head_hidden"], n_out,
+                        depth=int(ckpt.get("head_depth", 1)), dropout=float(ckpt.get("head_dropout", 0.0)))
     head.load_state_dict(ckpt["head"])
+    head.eval()
     return head
 
 
@@ -203,6 +218,52 @@ def _probe(head: FinetuneHead, x_train: torch.Tensor, y_train: torch.Tensor, x_v
         pred = head.from_features(x_train)
         loss = float(_masked_loss(pred, y_train, cfg.loss))
     return loss, _mae(norm.decode(pred.double().numpy()), norm.decode(y_train.double().numpy())), best
+
+
+def _probe_stage(head: FinetuneHead, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+                 y_val: np.ndarray, norm, cfg) -> tuple[FinetuneHead, float, float, float, dict[str, float]]:
+    """The probe's candidates on the frozen teacher's features, the best on validation kept.
+
+    ``head`` (standardisation set) is fitted by :func:`_probe`; with ``cfg.probe_grid`` the MLPs of
+    ``crysdistill head`` are fitted too (on the same standardised features and normalised labels;
+    without touching the global random stream, so the fine-tuning's batches and dropout do not
+    depend on it).
+
+    Returns:
+        ``(head, train loss, train MAE, validation MAE, {candidate: validation MAE})`` of the kept head.
+    """
+    from crysdistill.train.head import MLP_DEPTH, MLP_DROPOUT, MLP_GRID, fit_mlp
+    from crysdistill.train.trainer import _mae, _masked_loss
+
+    p_loss, p_train, p_val = _probe(head, x_train, y_train, x_val, y_val, norm, cfg)
+    cands = {f"mlp(h={cfg.head_hidden},depth=1,{cfg.loss})": p_val}
+    best = (head, p_loss, p_train, p_val)
+    y_fit = np.concatenate([y_train.double().cpu().numpy(), norm.encode(y_val)])
+    if not cfg.probe_grid:
+        return (*best, cands)
+    if not np.isfinite(y_fit).all():
+        log.info("probe: the MLP grid of `crysdistill head` needs every label; with missing labels only the "
+                 "first candidate is fitted")
+        return (*best, cands)
+    xs = ((torch.cat([x_train, x_val]) - head.mean) / head.std).double().cpu().numpy()
+    fit_i, val_i = np.arange(len(x_train)), np.arange(len(x_train), len(xs))
+    with torch.random.fork_rng(devices=[]):
+        for hidden, wd in MLP_GRID:
+            model, _ = fit_mlp(xs, y_fit, fit_i, val_i, hidden, wd, seed=cfg.seed)
+            cand = FinetuneHead(head.layers, xs.shape[1], hidden, y_fit.shape[1], depth=MLP_DEPTH, dropout=MLP_DROPOUT)
+            cand.mlp.load_state_dict(model.state_dict())
+            cand = cand.to(x_train.device)
+            cand.eval()
+            with torch.no_grad():
+                cand.mean.copy_(head.mean)
+                cand.std.copy_(head.std)
+                val = _mae(norm.decode(cand.from_features(x_val).double().cpu().numpy()), y_val)
+                pred = cand.from_features(x_train)
+            cands[f"mlp(h={hidden},wd={wd:g})"] = val
+            if val < best[3]:
+                best = (cand, float(_masked_loss(pred, y_train, cfg.loss)),
+                        _mae(norm.decode(pred.double().cpu().numpy()), norm.decode(y_train.double().cpu().numpy())), val)
+    return (*best, cands)
 
 
 def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -> dict:
@@ -276,24 +337,21 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
             b.requires_grad_(False)
             frozen += sum(p.numel() for p in b.parameters())
     layers = head_layers(teacher, cfg.pool)
-    head = FinetuneHead(layers, sum(int(teacher.layer_widths[k]) for k in layers), cfg.head_hidden,
-                        len(cfg.targets)).to(device)
-    backbone = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr_backbone}, {"params": head.parameters(), "lr": cfg.lr_head}],
-                            weight_decay=cfg.weight_decay)
-    steps = max(1, math.ceil(len(splits["train"]) / cfg.batch_size))
-    total = max(1, cfg.epochs * steps)
-    sched = cosine_schedule(opt, total)
-    y_norm = torch.tensor(norm.encode(prep.y), dtype=torch.float32)
-
+    arch = {"head_hidden": cfg.head_hidden, "head_depth": 1, "head_dropout": 0.0}
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out / "last.pt", out / "teacher.pt", out / "metrics.csv"
+    if resume:  # the head the probe stage chose
+        saved = load_checkpoint(last_path)
+        arch = {k: saved.get(k, v) for k, v in arch.items()}
+    head = FinetuneHead(layers, sum(int(teacher.layer_widths[k]) for k in layers), arch["head_hidden"],
+                        len(cfg.targets), depth=arch["head_depth"], dropout=arch["head_dropout"]).to(device)
+    backbone = [p for p in module.parameters() if p.requires_grad]
+    steps = max(1, math.ceil(len(splits["train"]) / cfg.batch_size))
+    total = max(1, cfg.epochs * steps)
+    y_norm = torch.tensor(norm.encode(prep.y), dtype=torch.float32)
+
     start, best_val, best_epoch, elapsed = 0, float("inf"), -1, 0.0
-    if resume:
-        state = restore_run(last_path, to_dict(cfg), {"state_dict": module, "head": head}, opt, sched)
-        start, best_val, best_epoch, elapsed = state["epoch"] + 1, state["best_val"], state["best_epoch"], state["seconds"]
-        log.info("resuming %s at epoch %d (best val MAE %.4g at epoch %d)", out, start + 1, best_val, best_epoch)
-    else:
+    if not resume:
         atomic_write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), out / "config.yaml")
         split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
         atomic_write_text(json.dumps({"seed": cfg.seed, "split_seed": split_seed, "data": str(ds.source),
@@ -302,8 +360,7 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
         with open(metrics_path, "w", newline="") as fh:
             csv.writer(fh).writerow(FIELDS)
     record = {"kind": FINETUNED_KIND, "format": FORMAT, "plugin": teacher.name, "base_variant": teacher.variant,
-              "base_spec": teacher.spec, "base_fingerprint": base_fp, "head_hidden": cfg.head_hidden,
-              "head_layers": layers, "targets": list(cfg.targets), "normalizer": norm.to_dict(),
+              "base_spec": teacher.spec, "base_fingerprint": base_fp, **head.arch, "head_layers": layers, "targets": list(cfg.targets), "normalizer": norm.to_dict(),
               "pool": f"mean of layers {','.join(map(str, layers))}",
               "fine_tuned_on": {"data": str(ds.source), "targets": list(cfg.targets), "n_train": len(splits["train"]),
                                 "n_val": len(splits["val"]), "seed": cfg.seed,
@@ -317,26 +374,39 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
              sum(p.numel() for p in backbone), sum(p.numel() for p in module.parameters()))
     use_bar = sys.stderr.isatty()
     train_idx = splits["train"]
+    probe: dict[str, float] = {}
     if not resume:
         # the linear-probe stage: the head fitted on the frozen teacher is fine-tuning's start and epoch 0
         t0 = time.perf_counter()
         tr, va = train_idx.tolist(), splits["val"].tolist()
         x_tr = torch.tensor(predict_inputs(teacher, head, [inputs[i] for i in tr], cfg.batch_size, features=True))
         x_va = torch.tensor(predict_inputs(teacher, head, [inputs[i] for i in va], cfg.batch_size, features=True))
-        with torch.no_grad():
+        with torch.no_grad():  # the standardisation, from the training split's float64 features
             head.mean.copy_(x_tr.mean(0).float())
             head.std.copy_(x_tr.std(0).float().clamp_min(1e-6))
+        x_tr, x_va = x_tr.float().to(device), x_va.float().to(device)
         if cfg.probe_steps:
-            p_loss, p_train, p_val = _probe(head, x_tr.float(), y_norm[tr], x_va.float(), prep.y[va], norm, cfg)
+            head, p_loss, p_train, p_val, probe = _probe_stage(head, x_tr, y_norm[tr].to(device), x_va, prep.y[va],
+                                                               norm, cfg)
+            record.update(head.arch)
             best_val, best_epoch = p_val, 0
             atomic_save({**record, "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
                          "head": head.state_dict(), "epoch": 0, "val_mae": p_val}, best_path)
             with open(metrics_path, "a", newline="") as fh:
                 csv.writer(fh).writerow([0, 0.0, cfg.lr_head, p_loss, p_train, p_val,
                                          round(time.perf_counter() - t0, 2)])
-            log.info("linear probe on the frozen %s: train MAE %.4g  val MAE %.4g  %.0f s", teacher.spec, p_train,
-                     p_val, time.perf_counter() - t0)
+            log.info("probe on the frozen %s: %s; kept %s (train MAE %.4g)  %.0f s", teacher.spec,
+                     "  ".join(f"{k} val MAE {v:.4g}" for k, v in probe.items()), min(probe, key=probe.get), p_train,
+                     time.perf_counter() - t0)
         head.train()
+    opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr_backbone}, {"params": head.parameters(), "lr": cfg.lr_head}],
+                            weight_decay=cfg.weight_decay)
+    sched = cosine_schedule(opt, total)
+    if resume:
+        state = restore_run(last_path, to_dict(cfg), {"state_dict": module, "head": head}, opt, sched)
+        start, best_val, best_epoch, elapsed = state["epoch"] + 1, state["best_val"], state["best_epoch"], state["seconds"]
+        probe = state.get("probe", {})
+        log.info("resuming %s at epoch %d (best val MAE %.4g at epoch %d)", out, start + 1, best_val, best_epoch)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         module.train()
@@ -381,7 +451,8 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
         with open(metrics_path, "a", newline="") as fh:
             csv.writer(fh).writerow([epoch + 1, opt.param_groups[0]["lr"], opt.param_groups[1]["lr"],
                                      loss_sum / len(order), train_mae, val_mae, round(time.perf_counter() - t0, 2)])
-        atomic_save({"kind": "crysdistill-finetune-state", "config": to_dict(cfg), "epoch": epoch,
+        atomic_save({"kind": "crysdistill-finetune-state", "config": to_dict(cfg), "epoch": epoch, **head.arch,
+                     "probe": probe,
                      "state_dict": module.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "best_val": best_val, "best_epoch": best_epoch,
                      "seconds": elapsed, "torch_rng": torch.get_rng_state()}, last_path)
@@ -396,7 +467,8 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
                "data": str(ds.source), "seed": cfg.seed, "split_seed": record["fine_tuned_on"]["split_seed"],
                "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(test),
                "n_skipped": len(prep.problems), "frozen_parameters": frozen, "val_mae": best_val,
-               "best_epoch": best_epoch, "epochs": cfg.epochs, "test_mae": None, "test_mae_per_target": None,
+               "best_epoch": best_epoch, "epochs": cfg.epochs, "probe_candidates": probe,
+               "head": {**head.arch, "layers": layers}, "test_mae": None, "test_mae_per_target": None,
                "base_trained_on": record["base_trained_on"], "train_seconds": elapsed}
     if test:
         pred = norm.decode(predict_inputs(teacher, head, [inputs[i] for i in test], cfg.batch_size))

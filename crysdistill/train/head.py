@@ -68,11 +68,18 @@ class HeadResult:
         return asdict(self)
 
 
-def _mlp(dim: int, hidden: int, n_out: int) -> torch.nn.Module:
-    return torch.nn.Sequential(
-        torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Dropout(0.1),
-        torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Dropout(0.1),
-        torch.nn.Linear(hidden, n_out))
+#: architecture of the head's MLPs (two hidden layers, dropout); ``crysdistill finetune`` starts from them too
+MLP_DEPTH, MLP_DROPOUT = 2, 0.1
+
+
+def mlp(dim: int, hidden: int, n_out: int, depth: int = MLP_DEPTH, dropout: float = MLP_DROPOUT) -> torch.nn.Module:
+    """``depth`` hidden layers of ``hidden`` units (SiLU, then dropout where ``dropout`` > 0), then a linear output."""
+    mods: list[torch.nn.Module] = []
+    width = dim
+    for _ in range(depth):
+        mods += [torch.nn.Linear(width, hidden), torch.nn.SiLU()] + ([torch.nn.Dropout(dropout)] if dropout else [])
+        width = hidden
+    return torch.nn.Sequential(*mods, torch.nn.Linear(width, n_out))
 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarray, hidden: int, weight_decay: float,
@@ -84,7 +91,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarr
         The model at its best validation epoch, and that MAE (in normalised units).
     """
     torch.manual_seed(seed)
-    model = _mlp(x.shape[1], hidden, y.shape[1])
+    model = mlp(x.shape[1], hidden, y.shape[1])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     xf, yf = torch.tensor(x[fit_idx], dtype=torch.float32), torch.tensor(y[fit_idx], dtype=torch.float32)
     xv, yv = torch.tensor(x[val_idx], dtype=torch.float32), torch.tensor(y[val_idx], dtype=torch.float32)
@@ -340,7 +347,7 @@ def predict_head(path: str | os.PathLike, data, output: str | os.PathLike, on_er
         head = h["state"]["ridge"].numpy()
     else:
         hidden, dim = h["state"]["0.weight"].shape
-        head = _mlp(dim, hidden, len(h["targets"]))
+        head = mlp(dim, hidden, len(h["targets"]))
         head.load_state_dict(h["state"])
         head.eval()
     pred = Normalizer.from_dict(h["normalizer"]).decode(apply_head(head, h["feature_mean"].numpy(),
