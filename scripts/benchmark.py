@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "training split (train --pseudo-teacher): mode pseudo-TEACHER. A pattern with {out}, "
                         "{student}, {target}, {n} and {seed} names a teacher per cell, e.g. the one --finetune made: "
                         "'{out}/runs/{student}/{target}/n{n}/finetune-chgnet/seed{seed}/teacher.pt' (mode "
-                        "pseudo-finetuned-chgnet, with --finetune chgnet)")
+                        "pseudo-finetuned-chgnet)")
     p.add_argument("--pseudo-data", default=None, metavar="PATH",
                    help="the unlabelled corpus for --pseudo (default: DATA_DIR/pretrain_unlabelled.jsonl.gz)")
     p.add_argument("--heads", default="", metavar="LIST",
@@ -143,8 +144,10 @@ def run_grid(args: argparse.Namespace) -> None:
         modes.append((f"init-{args.init.replace('/', '_')}", 0.0, []))
     if args.pseudo:
         # a per-cell labeller (the teacher fine-tuned on that cell's split and seed) is named by a pattern
-        tag = (f"finetuned-{args.finetune.split(',')[0] or 'teacher'}" if "{" in args.pseudo
-               else args.pseudo.replace(':', '_').replace('/', '_'))
+        # (the teacher's name from the pattern's finetune-<teacher> folder, or --finetune)
+        tuned = re.search(r"finetune-([A-Za-z0-9_]+)", args.pseudo)
+        tag = (f"finetuned-{tuned.group(1) if tuned else args.finetune.split(',')[0] or 'teacher'}"
+               if "{" in args.pseudo else args.pseudo.replace(':', '_').replace('/', '_'))
         modes.append((f"pseudo-{tag}", 0.0, []))
     pseudo_data = args.pseudo_data or os.path.join(args.data_dir, "pretrain_unlabelled.jsonl.gz")
     heads = [h for h in args.heads.split(",") if h]

@@ -11,7 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a teacher (chgnet, sevennet) end to end with a property head; "
                        "the result predicts and is a teacher again (--teacher DIR/teacher.pt)",
                        description="Fine-tune a foundation teacher on labelled structures: its own network with a new "
-                       "head on the mean of its last layer, AdamW with a smaller learning rate for the backbone. "
+                       "head on the per-structure mean of its layers, first fitted on the frozen teacher (a probe that keeps "
+                       "the best of an L1 head and crysdistill head's MLPs on validation: epoch 0), then AdamW with a "
+                       "smaller learning rate for the backbone. "
                        "Splits, seeds, selection on validation and the single test are those of 'crysdistill train' "
                        "with the same sizes and seeds.")
     p.add_argument("--teacher", default=None, help="a teacher that can be fine-tuned: chgnet (default), sevennet, "
