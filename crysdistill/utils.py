@@ -7,6 +7,7 @@ import os
 import random
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,71 @@ def resolve_device(name: str):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but no CUDA device is available; use device=auto or cpu")
     return torch.device(name)
+
+
+@dataclass
+class Dist:
+    """This process's place in a (possibly single-process) data-parallel run."""
+
+    rank: int = 0
+    world: int = 1
+    device: Any = None
+
+    def __post_init__(self) -> None:
+        if self.device is None:
+            import torch
+
+            self.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every process (no-op in a single process)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def all_sum(self, values):
+        """Element-wise sum of a list of floats (or a float tensor) over the processes."""
+        import torch
+
+        t = torch.as_tensor(values, dtype=torch.float64).clone()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+
+def setup_distributed(device: str = "auto", timeout_s: float | None = None) -> Dist:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1``) and pick the device:
+    one GPU per process (nccl) where CUDA is available and ``device`` allows it, else CPU (gloo).
+
+    Args:
+        device: ``auto``, ``cpu`` or ``cuda`` (the run's setting).
+        timeout_s: how long a collective (a barrier) may wait, e.g. while rank 0 alone fills a cache
+            (default: torch's).
+    """
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if world <= 1:
+        return Dist(0, 1, resolve_device(device) if device != "auto" else
+                    torch.device("cuda" if cuda else "cpu"))
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    if not dist.is_initialized():
+        kwargs = {}
+        if timeout_s is not None:
+            import datetime
+
+            kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group("nccl" if cuda else "gloo", **kwargs)
+    return Dist(rank, world, torch.device(f"cuda:{local % torch.cuda.device_count()}" if cuda else "cpu"))

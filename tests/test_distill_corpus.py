@@ -176,3 +176,42 @@ def test_corpus_term_keeps_the_encoder_on_the_teacher(distilled, tmp_path, capsy
                  "--epochs", "1", "--out", str(tmp_path / "x"), "corpus.weight=1", *SMALL]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "corpus.weight needs --init" in err
+
+
+@pytest.mark.slow
+def test_torchrun_data_parallel_distillation_and_resume(tmp_path):
+    """``torchrun --nproc_per_node 2 -m crysdistill distill`` (gloo on CPU): rank 0 alone writes the run and
+    reports once; the held-out metric covers every held-out structure; ``--resume`` continues under torchrun."""
+    import os
+    import socket
+
+    from crysdistill.distill.corpus import init_from
+    from crysdistill.students.registry import build_student
+    from crysdistill.utils import load_checkpoint
+
+    def torchrun(*extra):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), "-m", "crysdistill", "distill", "--teacher", "chgnet", "--data", "sample",
+               "--limit", "48", "--out", str(out), "--seed", "0", "--batch-size", "8", "--workers", "1", *SMALL,
+               "teacher_layers=[0,4]", "val_fraction=0.25", *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    out = tmp_path / "ddp"
+    r = torchrun("--epochs", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("distilled from chgnet on 36 structures") == 1  # rank 0 reports; 12 held out
+    assert "2 processes on cpu" in r.stderr
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(x["epoch"]) for x in rows] == [1, 2]  # one writer
+    assert float(rows[1]["val_loss"]) < float(rows[0]["val_loss"])  # the held-out loss falls
+    ckpt = load_checkpoint(out / "student.pt")
+    assert ckpt["distillation"]["n_train"] == 36 and ckpt["distillation"]["n_val"] == 12
+    adapter = build_student("cgcnn", {"width": 16, "layers": 2}, n_targets=1)
+    assert init_from(adapter, str(out / "student.pt"))["loaded"] > 0
+    r = torchrun("--epochs", "3", "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [int(x["epoch"]) for x in csv.DictReader(open(out / "metrics.csv"))] == [1, 2, 3]

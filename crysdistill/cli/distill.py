@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "unlabelled corpus (then: train --init DIR/student.pt)",
                        description="Encoder distillation: no labels; the student learns to reproduce the frozen "
                        "teacher's atom embeddings (every layer by default) on every structure of the corpus. "
-                       "The student it writes predicts without any teacher once fine-tuned with 'train --init'.")
+                       "The student it writes predicts without any teacher once fine-tuned with 'train --init'. "
+                       "Data parallel under torchrun: torchrun --nproc_per_node N -m crysdistill distill …")
     p.add_argument("--student", default=None, help="student name (default cgcnn)")
     p.add_argument("--teacher", default=None, help="any teacher: sevennet (default), chgnet, a CrysGNN teacher, …")
     add_data_args(p)
@@ -45,6 +46,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg = load_config(CorpusDistillConfig, None, args.overrides, extra={k: v for k, v in flags.items() if v is not None},
                       base=base)
     s = distill_corpus(cfg, resolve_data(args.data), args.out, resume=args.resume, limit=args.limit)
+    if not s:  # another process than rank 0 of a torchrun: rank 0 reports
+        return 0
     report_problems(s.pop("problems"))
     ev = " ".join(f"L{k} {v:.3f}" for k, v in s["val_explained_variance"].items())
     print(f"{s['student']} distilled from {s['teacher']} on {s['n_train']} structures: held-out explained variance "

@@ -17,7 +17,10 @@ starts from it on any labelled target, and the trained student predicts without 
 
 Graphs and teacher embeddings come from the on-disk caches (built once, read lazily), so a corpus
 larger than memory streams; ``last.pt`` is written atomically every epoch and ``--resume``
-continues it.
+continues it. Started by ``torchrun``, the run is data parallel (DistributedDataParallel; gloo on
+CPU, one GPU per process with nccl): rank 0 fills the caches while the others wait, then every
+process trains on its share of each epoch's batches and the held-out metric is summed over them;
+rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -122,6 +125,21 @@ class LayerRegression(torch.nn.Module):
         return torch.stack([p.sum(1).mean() for p in parts]) / self.variances.clamp_min(1e-12)
 
 
+class _DistillStep(torch.nn.Module):
+    """Student encoder and layer maps as one module, so that DistributedDataParallel sees the whole
+    step: per-layer normalised losses of a batch against the teacher targets ``tt``."""
+
+    def __init__(self, adapter, head: LayerRegression) -> None:
+        super().__init__()
+        self.adapter, self.head = adapter, head
+
+    def forward(self, batch, tt) -> torch.Tensor:
+        from crysdistill.distill.losses import matched_teacher_nodes
+
+        o = self.adapter(batch)
+        return self.head(o.node_embedding, matched_teacher_nodes(o, tt))
+
+
 def corpus_fingerprint(keys) -> str:
     h = hashlib.sha1()
     for k in sorted(keys):
@@ -150,7 +168,7 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
     from crysdistill.data.cache import build_graphs
     from crysdistill.data.readers import Dataset, read_dataset
     from crysdistill.distill.cache import TeacherEmbeddings, check_records, embed_records, normalize_layers
-    from crysdistill.distill.losses import TeacherTargets, matched_teacher_nodes
+    from crysdistill.distill.losses import TeacherTargets
     from crysdistill.students.checkpoint import save_student
     from crysdistill.students.registry import build_student
     from crysdistill.teachers.registry import load_teacher
@@ -160,9 +178,9 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
         build_progress,
         cosine_schedule,
         load_checkpoint,
-        resolve_device,
         restore_run,
         seed_everything,
+        setup_distributed,
     )
 
     out = Path(out)
@@ -173,25 +191,31 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
+    # rank 0 alone embeds a corpus that is not cached yet (hours on a CPU): the others wait that long
+    d = setup_distributed(cfg.device, timeout_s=7 * 24 * 3600)
+    device = d.device
     adapter = build_student(cfg.student, cfg.model, n_targets=1)  # an unknown student or key fails first
     teacher = load_teacher(cfg.teacher, device=device)
     ks = normalize_layers(cfg.teacher_layers or list(range(teacher.n_layers + 1)), teacher.n_layers)
     widths = [int(teacher.layer_widths[k]) for k in ks]
 
     ds = data if isinstance(data, Dataset) else read_dataset(data, on_error=cfg.on_error, limit=limit)
+    if not d.main:
+        d.barrier()  # rank 0 builds the graphs and embeds the corpus; the others then read the caches
     problems = list(ds.problems)
     records, bad = check_records(teacher, ds.records, on_error=cfg.on_error)
     problems += bad
     graphs = build_graphs(records, adapter.featurizer(), cache_dir=cfg.cache_dir, workers=cfg.workers,
-                          on_error=cfg.on_error, progress=build_progress(f"{cfg.student} graphs"))
+                          on_error=cfg.on_error, progress=build_progress(f"{cfg.student} graphs") if d.main else None)
     problems += graphs.problems
     if len(graphs) < 10:
         raise UserError(f"{ds.source}: only {len(graphs)} usable structures; a corpus needs many more")
     by_id = {r.id: r for r in records}
     aligned = [by_id[i] for i in graphs.ids]
-    emb = embed_records(teacher, aligned, ks, cache_dir=cfg.cache_dir,
-                        progress=build_progress(f"{teacher.spec} embeddings"), workers=cfg.workers)
+    emb = embed_records(teacher, aligned, ks, cache_dir=cfg.cache_dir, workers=cfg.workers,
+                        progress=build_progress(f"{teacher.spec} embeddings") if d.main else None)
+    if d.main:
+        d.barrier()
     emb = TeacherEmbeddings(emb.store, list(graphs.keys), emb.dim, emb.fingerprint, emb.n_computed)
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(graphs))
@@ -202,25 +226,35 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
     seed_everything(cfg.seed)
     adapter = build_student(cfg.student, cfg.model, n_targets=1).to(device)
     head = LayerRegression(adapter.embedding_dim, widths, variances, mean).to(device)
+    step_module = _DistillStep(adapter, head)
+    ddp = step_module
+    if d.world > 1:  # the prediction head is not on the path to the atom embeddings: unused parameters
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     params = list(adapter.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, math.ceil(len(train_idx) / cfg.batch_size))
+    # each process takes every world-th structure of an epoch's order, in batches of batch_size / world
+    # (so a step sees batch_size structures in all); the order is cut to a multiple of world so that
+    # every process takes the same number of steps
+    per_rank = max(1, math.ceil(cfg.batch_size / d.world))
+    n_epoch = len(train_idx) - len(train_idx) % d.world
+    if n_epoch == 0:
+        raise UserError(f"{ds.source}: {len(train_idx)} training structures cannot be shared among {d.world} "
+                        "processes; use fewer processes or a larger corpus")
+    steps = max(1, math.ceil(n_epoch // d.world / per_rank))
     total = max(1, cfg.epochs * steps)
     sched = cosine_schedule(opt, total)
     teacher_fp = teacher.weights_fingerprint()
 
-    def batches(idx):
-        for s in range(0, len(idx), cfg.batch_size):
-            b = [int(i) for i in idx[s:s + cfg.batch_size]]
+    def batches(idx, size):
+        for s in range(0, len(idx), size):
+            b = [int(i) for i in idx[s:s + size]]
             tt: TeacherTargets = emb.targets(b)
             yield adapter.to_device(adapter.collate([graphs[i] for i in b]), device), tt.to(device), len(b)
 
-    def layer_losses(batch, tt):
-        o = adapter(batch)
-        return head(o.node_embedding, matched_teacher_nodes(o, tt))
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), out / "config.yaml")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), out / "config.yaml")
     metrics_path, last_path, best_path = out / "metrics.csv", out / "last.pt", out / "student.pt"
     names = [teacher.layer_names[k] for k in ks]
     fields = ["epoch", "lr", "train_loss", "val_loss"] + [f"val_ev_L{k}" for k in ks] + ["seconds"]
@@ -228,17 +262,20 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
     if resume:
         state = restore_run(last_path, to_dict(cfg), {"state_dict": adapter, "head": head}, opt, sched)
         start, best, best_epoch, elapsed = state["epoch"] + 1, state["best"], state["best_epoch"], state["seconds"]
-        log.info("resuming %s at epoch %d", out, start + 1)
-    else:
+        if d.main:
+            log.info("resuming %s at epoch %d", out, start + 1)
+    elif d.main:
         with open(metrics_path, "w", newline="") as fh:
             csv.writer(fh).writerow(fields)
     record = {"teacher": teacher.spec, "teacher_fingerprint": teacher.fingerprint, "teacher_layers": ks,
               "layer_names": names, "layer_widths": widths, "trained_on": teacher.training.to_dict(),
               "corpus": str(ds.source), "corpus_fingerprint": corpus_fingerprint(graphs.keys),
               "n_train": len(train_idx), "n_val": len(val_idx), "split_seed": cfg.seed}
-    log.info("distilling %s into %s on %d structures (%d held out), layers %s", teacher.spec, cfg.student,
-             len(train_idx), len(val_idx), ",".join(map(str, ks)))
-    use_bar = sys.stderr.isatty()
+    if d.main:
+        log.info("distilling %s into %s on %d structures (%d held out), layers %s%s", teacher.spec, cfg.student,
+                 len(train_idx), len(val_idx), ",".join(map(str, ks)),
+                 f", {d.world} processes on {device.type}" if d.world > 1 else "")
+    use_bar = sys.stderr.isatty() and d.main
     ev: dict[int, float] = {}
     trained_keys: set[str] = set()
     if resume:
@@ -247,15 +284,15 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
         t0 = time.perf_counter()
         adapter.train()
         order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(
-            cfg.seed * 100003 + epoch)).numpy()]
+            cfg.seed * 100003 + epoch)).numpy()][:n_epoch][d.rank::d.world]
         bar = None
         if use_bar:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step")
         total_loss, n_seen = 0.0, 0
-        for batch, tt, n in batches(order):
-            loss = layer_losses(batch, tt).mean()
+        for batch, tt, n in batches(order, per_rank):
+            loss = ddp(batch, tt).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if not trained_keys:  # what distillation trains: parameters on the path to the atom embeddings
@@ -274,11 +311,13 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
         if bar is not None:
             bar.close()
         adapter.eval()
-        sums, count = torch.zeros(len(ks)), 0
-        with torch.no_grad():
-            for batch, tt, n in batches(val_idx):
-                sums += layer_losses(batch, tt).cpu() * n
+        sums, count = torch.zeros(len(ks), dtype=torch.float64), 0
+        with torch.no_grad():  # each process its share of the held-out structures, summed over them
+            for batch, tt, n in batches(val_idx[d.rank::d.world], cfg.batch_size):
+                sums += step_module(batch, tt).cpu().double() * n
                 count += n
+        reduced = d.all_sum([*sums.tolist(), count, total_loss, n_seen]).tolist()
+        sums, count, total_loss, n_seen = torch.tensor(reduced[:len(ks)]), *reduced[len(ks):]
         val_layers = (sums / count).numpy()
         val_loss = float(val_layers.mean())
         ev = {int(k): float(1 - v) for k, v in zip(ks, val_layers)}
@@ -286,6 +325,9 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
         improved = val_loss < best
         if improved:
             best, best_epoch = val_loss, epoch + 1
+        if not d.main:
+            continue
+        if improved:
             save_student(adapter, best_path, distilled=True,
                          distillation={**record, "epoch": epoch + 1, "val_explained_variance": ev},
                          distill_head=head.state_dict(), trained_keys=sorted(trained_keys),
@@ -302,6 +344,9 @@ def distill_corpus(cfg: CorpusDistillConfig, data, out: str | Path, resume: bool
                  " ".join(f"L{k} {v:.3f}" for k, v in ev.items()), time.perf_counter() - t0)
     if teacher.weights_fingerprint() != teacher_fp:
         raise RuntimeError("the teacher's weights changed during distillation")
+    d.barrier()  # rank 0 has written student.pt
+    if not d.main:
+        return {}
     best_ckpt = load_checkpoint(best_path) if best_path.exists() else {}
     summary = {**record, "student": cfg.student, "model": adapter.config, "best_epoch": best_epoch,
                "val_loss": best, "val_explained_variance": best_ckpt.get("distillation", {}).get(

@@ -40,7 +40,7 @@ from crysdistill.teacher.data import GraphDataset, check_labels, data_fingerprin
 from crysdistill.teacher.encoder import CrysGNNEncoder, EncoderConfig
 from crysdistill.teacher.pretext.base import PretextResult, build_task, task_label_keys
 from crysdistill.teacher.pretext.connectivity import ConnectivityReconstruction
-from crysdistill.utils import atomic_save, atomic_write_text, load_checkpoint, seed_everything
+from crysdistill.utils import Dist, atomic_save, atomic_write_text, load_checkpoint, seed_everything, setup_distributed
 
 log = logging.getLogger("crysdistill.pretrain")
 
@@ -234,34 +234,6 @@ class Meter:
             if f"{name}/unknown" in s:  # structures without a label (e.g. spglib failed), left out
                 out[f"{name}_unknown"] = s[f"{name}/unknown"]
         return out
-
-
-@dataclass
-class Dist:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Dist:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1``); pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world <= 1:
-        return Dist(0, 1, torch.device("cuda" if cuda else "cpu"))
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    if cuda:
-        torch.cuda.set_device(local % torch.cuda.device_count())
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, world, torch.device(f"cuda:{local % torch.cuda.device_count()}" if cuda else "cpu"))
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

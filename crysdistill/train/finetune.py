@@ -431,7 +431,7 @@ def finetune(cfg: FinetuneConfig, data, out: str | Path, resume: bool = False) -
             sched.step()
             if not torch.isfinite(loss):
                 raise UserError(f"fine-tuning diverged at epoch {epoch + 1} (loss {float(loss)}); lower lr_backbone")
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             preds.append(norm.decode(pred.detach().cpu().double().numpy()))
             trues.append(prep.y[idx])
             if bar is not None:
