@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What crysdistill does for a few hundred labelled crystals, end to end, on a bundled sample whose
 # label no teacher saw: the bulk moduli of de Jong et al. (2015), 1,181 Materials Project crystals.
-# It trains a plain CGCNN, a CGCNN started from an encoder pre-distilled from CHGNet (shipped; it
-# predicts without CHGNet), and a CGCNN fed CHGNet's atom embeddings, and prints them beside
+# It trains a plain CGCNN, a CGCNN started from an encoder pre-distilled from SevenNet-0 (shipped; it
+# predicts without any teacher), and a CGCNN fed CHGNet's atom embeddings, and prints them beside
 # CHGNet + a small head. Creates .venv if missing (the install is timed separately in the README).
 # Everything goes to runs/demo/ (DEMO_OUT to change). About 3 minutes on 2 cores after the install.
 set -euo pipefail
@@ -28,8 +28,8 @@ echo
 echo "== 3. log10 bulk modulus from 400 labelled crystals: three CGCNNs on the same split =="
 echo "-- plain CGCNN"
 crysdistill train --student cgcnn "${DATA[@]}" "${SPLIT[@]}" --epochs 30 --out "$OUT/cgcnn-vanilla" threads=2
-echo "-- CGCNN started from the encoder distilled from CHGNet on 42,391 unlabelled crystals (no teacher needed)"
-crysdistill train --student cgcnn --init cgcnn-chgnet "${DATA[@]}" "${SPLIT[@]}" --epochs 30 \
+echo "-- CGCNN started from the encoder distilled from SevenNet-0 on 40,269 unlabelled crystals (no teacher needed)"
+crysdistill train --student cgcnn --init cgcnn-sevennet "${DATA[@]}" "${SPLIT[@]}" --epochs 30 \
   --out "$OUT/cgcnn-distilled" threads=2
 echo "-- CGCNN with CHGNet's five layers of atom embeddings as input (CHGNet runs at prediction too)"
 crysdistill train --student cgcnn --teacher chgnet "${DATA[@]}" "${SPLIT[@]}" --epochs 30 \
@@ -45,7 +45,7 @@ echo "== result: test MAE of log10 K_VRH (581 crystals, used once; every model c
 python - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
-rows = [("plain CGCNN", "cgcnn-vanilla", "no"), ("CGCNN from the CHGNet-distilled encoder", "cgcnn-distilled", "no"),
+rows = [("plain CGCNN", "cgcnn-vanilla", "no"), ("CGCNN from the SevenNet-0-distilled encoder", "cgcnn-distilled", "no"),
         ("CGCNN + CHGNet embeddings as input", "cgcnn-injected", "yes"),
         ("CHGNet + head (reference)", "head-chgnet", "yes"), ("composition + head (reference)", "head-composition", "no")]
 base = json.load(open(f"{out}/cgcnn-vanilla/summary.json"))["test_mae"]
