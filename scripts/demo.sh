@@ -4,7 +4,7 @@
 # It trains a plain CGCNN, a CGCNN started from an encoder pre-distilled from SevenNet-0 (shipped; it
 # predicts without any teacher), and a CGCNN fed CHGNet's atom embeddings, and prints them beside
 # CHGNet + a small head. Creates .venv if missing (the install is timed separately in the README).
-# Everything goes to runs/demo/ (DEMO_OUT to change). About 3 minutes on 2 cores after the install.
+# Everything goes to runs/demo/ (DEMO_OUT to change). 156 s on 2 idle cores after the install (measured).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
