@@ -4,14 +4,15 @@
 # It trains a plain CGCNN, a CGCNN started from an encoder pre-distilled from SevenNet-0 (shipped; it
 # predicts without any teacher), and a CGCNN fed CHGNet's atom embeddings, and prints them beside
 # CHGNet + a small head. Creates .venv if missing (the install is timed separately in the README).
-# Everything goes to runs/demo/ (DEMO_OUT to change). 156 s on 2 idle cores after the install (measured).
+# Everything goes to runs/demo/ (DEMO_OUT to change). 156–168 s on 2 idle cores after the install (measured twice).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
 OUT="${DEMO_OUT:-runs/demo}"
 rm -rf "$OUT"/cgcnn-* "$OUT"/head-*
 mkdir -p "$OUT"
-export CRYSDISTILL_CACHE="${CRYSDISTILL_CACHE:-$ROOT/$OUT/cache}"
+case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac   # DEMO_OUT may be absolute or relative to the checkout
+export CRYSDISTILL_CACHE="${CRYSDISTILL_CACHE:-$OUT/cache}"
 DATA=(--data sample:elasticity --target log_kvrh)
 SPLIT=(--train-size 400 --val-size 200 --test-size 581 --seed 0)
 T0=$SECONDS
