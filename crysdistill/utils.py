@@ -214,15 +214,18 @@ class Dist:
             dist.barrier()
 
     def all_sum(self, values):
-        """Element-wise sum of a list of floats (or a float tensor) over the processes."""
+        """Element-wise sum of a list of floats (or a float tensor) over the processes, on the CPU.
+
+        The reduction runs on this process's device: nccl reduces GPU tensors only."""
         import torch
 
         t = torch.as_tensor(values, dtype=torch.float64).clone()
         if self.world > 1:
             import torch.distributed as dist
 
+            t = t.to(self.device)
             dist.all_reduce(t)
-        return t
+        return t.cpu()
 
 
 def setup_distributed(device: str = "auto", timeout_s: float | None = None) -> Dist:
@@ -237,11 +240,11 @@ def setup_distributed(device: str = "auto", timeout_s: float | None = None) -> D
     import torch
     import torch.distributed as dist
 
+    want = resolve_device(device)  # 'cuda' without a GPU is a one-line error here too
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device != "cpu"
     if world <= 1:
-        return Dist(0, 1, resolve_device(device) if device != "auto" else
-                    torch.device("cuda" if cuda else "cpu"))
+        return Dist(0, 1, want)
+    cuda = want.type == "cuda"
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     if cuda:
