@@ -83,7 +83,7 @@ def _run(args, out: Path, cache: Path, procs: int, threads: int, epochs: int) ->
 
 
 def main(argv=None) -> int:
-    import torch
+    from crysdistill.utils import load_checkpoint
 
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp_:
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
             wall = _run(args, out, cache, procs, threads, args.epochs)
             rows = list(csv.DictReader(open(out / "metrics.csv")))
             epoch_s = statistics.median(float(r["seconds"]) for r in rows[1:])
-            ck = torch.load(out / "student.pt", map_location="cpu", weights_only=True)
+            ck = load_checkpoint(out / "student.pt")
             n_train = int(ck["distillation"]["n_train"])
             n_train -= n_train % procs  # each epoch's order is cut to a multiple of the process count
             rate = n_train / epoch_s
