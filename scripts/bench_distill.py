@@ -98,7 +98,8 @@ def main(argv=None) -> int:
         for procs, threads in args.layouts:
             out = tmp / f"p{procs}t{threads}"
             wall = _run(args, out, cache, procs, threads, args.epochs)
-            rows = list(csv.DictReader(open(out / "metrics.csv")))
+            with open(out / "metrics.csv") as fh:
+                rows = list(csv.DictReader(fh))
             epoch_s = statistics.median(float(r["seconds"]) for r in rows[1:])
             ck = load_checkpoint(out / "student.pt")
             n_train = int(ck["distillation"]["n_train"])
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
             rate = n_train / epoch_s
             base = base or rate
             print(f"{f'{procs}x{threads}':>10s} {epoch_s:9.2f} {rate:13.1f} {wall:8.1f} {rate / base:8.2f}", flush=True)
-    print(f"(epoch s: median of epochs 2–{args.epochs} from metrics.csv, training plus the held-out metric; "
+    print(f"(epoch s: median of epochs 2–{args.epochs} from metrics.csv: training, the held-out metric and "
+          f"writing student.pt when it improved; "
           f"batch {args.batch_size} structures per step over all processes)")
     return 0
 
