@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -206,14 +205,10 @@ class Meter:
             for k, v in r.counts.items():
                 s[f"{name}/{k}"] = s.get(f"{name}/{k}", 0.0) + float(v)
 
-    def reduce(self, device: torch.device) -> None:
-        """Sum over processes (no-op without torch.distributed)."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
+    def reduce(self, d: Dist) -> None:
+        """Sum over processes (no-op in a single process)."""
         keys = sorted(self.sums)
-        t = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        self.sums = dict(zip(keys, t.tolist()))
+        self.sums = dict(zip(keys, d.all_sum([self.sums[k] for k in keys]).tolist()))
 
     def summary(self, task_names: list[str]) -> dict[str, float]:
         """``loss`` and per task ``{task}_loss``, ``{task}_acc`` (plus ``{task}_top5``, ``{task}_mae``
@@ -385,7 +380,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss):.3f}")
         if bar is not None:
             bar.close()
-        meter.reduce(self.d.device)
+        meter.reduce(self.d)
         return meter.summary(self.task_names)
 
     def fit(self, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
@@ -416,8 +411,7 @@ class Trainer:
                 if improved:
                     self.save_teacher(va)
                 atomic_save(self.state(), self.out / "last.pt")
-            if self.d.world > 1:
-                dist.barrier()
+            self.d.barrier()
             if on_epoch is not None and self.d.main:
                 on_epoch(self.epoch, row)
         return row
@@ -528,6 +522,5 @@ def pretrain(config: PretrainConfig | None, data: str, out_dir: str | os.PathLik
                  n / max(row["seconds"], 1e-9))
 
     row = trainer.fit(log_epoch)
-    if d.world > 1:
-        dist.barrier()
+    d.barrier()
     return row if d.main else {}
